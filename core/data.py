@@ -1,0 +1,23 @@
+"""The data container tensor domains hand to the core."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TensorData:
+    x: torch.Tensor                  # [N, C, *support] float
+    cond: torch.Tensor | None = None  # [N] long class labels, or None (unconditional)
+
+    def __post_init__(self):
+        if self.x.ndim < 3:
+            raise ValueError(f"TensorData.x must be [N, C, *support], got shape {tuple(self.x.shape)}")
+        if not torch.isfinite(self.x).all():
+            raise ValueError("TensorData.x contains NaN or infinite values")
+        if self.cond is not None and self.cond.shape != (len(self.x),):
+            raise ValueError(f"TensorData.cond must be [N]={len(self.x)}, got {tuple(self.cond.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.x)

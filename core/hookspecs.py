@@ -1,0 +1,131 @@
+"""The plugin contract: every hook a domain can implement, in one file.
+
+A domain is a module (or an instance) whose functions are marked with ``@hookimpl`` and named
+after the specifications below. It is found through the ``coarse2fine.domains`` entry-point group
+(the entry-point name is the domain name) or registered directly with
+``core.plugins.register_domain(name, module)``. Each hook is called only on the chosen domain's
+plugin, and every hook is optional except ``c2f_load_data``; a hook that returns ``None`` leaves
+the core's default in place.
+
+There are two ways to plug a domain into the coarse-to-fine machinery:
+
+1. **Tensor support** (images, sphere grids, any array). Implement ``c2f_scale_ops``: the sizes
+   of the support at each scale and the ``down`` / ``up`` operators between them. The core then
+   builds the residual pyramid (``core.pyramid``), the quantiser (``core.quantizers``), the target
+   head (``core.targets``) and the scale transformer (``core.refiner``) from the config. Optional:
+   ``c2f_tokenizer`` to refine in a learned latent space, ``c2f_refiner`` for another backbone.
+2. **Structural support** (graphs). Implement ``c2f_model`` and return an ``nn.Module`` with the
+   scale-model protocol that ``core.model.ScaleModel`` documents (``num_scales``, ``loss``,
+   ``init_state``, ``predict``, ``add_band``, ``finish``). The core sampler, trainer and CLI drive
+   it exactly as they drive the built-in model.
+
+Every hook receives the composed hydra config ``cfg`` (an ``omegaconf.DictConfig``); domain
+settings live under ``cfg.domain``.
+"""
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "coarse2fine"
+ENTRY_POINT_GROUP = "coarse2fine.domains"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec(firstresult=True)
+def c2f_config_dir():
+    """Folder holding ``domain/<name>.yaml`` for a domain that lives outside this repository.
+
+    It is added to hydra's search path so that ``domain=<name>`` composes. Built-in domains keep
+    their yaml in ``configs/domain`` and need not implement this.
+    """
+
+
+@hookspec(firstresult=True)
+def c2f_load_data(cfg, split):
+    """Return the data of one split (``"train"``, ``"val"``, ``"test"``).
+
+    Tensor domains return a ``core.data.TensorData`` (``x`` [N, C, *support] float tensor and
+    ``cond`` [N] long class labels, or ``None`` when unconditional). Structural domains return
+    whatever their ``c2f_model`` consumes. A missing file raises an error naming the path.
+    """
+
+
+@hookspec(firstresult=True)
+def c2f_condition(cfg):
+    """Describe the conditioning: ``{"num_classes": int}`` (0 = unconditional).
+
+    Class labels are integers in ``[0, num_classes)``; the core reserves ``num_classes`` as the
+    null label used for classifier-free guidance.
+    """
+
+
+@hookspec(firstresult=True)
+def c2f_scale_ops(cfg):
+    """Return the support of each scale and the operators between scales.
+
+    An object with ``sizes`` (list of support shapes, coarse to fine), ``down(z, k)`` (restrict a
+    finer tensor [B, C, *support] to scale k), ``up(z, k)`` (prolong a coarser tensor to scale
+    k) and ``positions(k)`` ([n_k, P] coordinates used for position encodings). See
+    ``core.grid.GridOps`` for the reference implementation.
+    """
+
+
+@hookspec(firstresult=True)
+def c2f_tokenizer(cfg):
+    """Return an encoder/decoder pair (``encode(x) -> z``, ``decode(z) -> x``, ``channels``) to
+    refine in a learned latent space, or ``None`` to refine in data space."""
+
+
+@hookspec(firstresult=True)
+def c2f_refiner(cfg, in_channels, num_scales, num_classes):
+    """Return a backbone with the interface of ``core.refiner.ScaleTransformer`` to replace it,
+    or ``None`` for the core transformer."""
+
+
+@hookspec(firstresult=True)
+def c2f_model(cfg, data):
+    """Return a complete scale model (structural domains), or ``None`` to let the core build one
+    from ``c2f_scale_ops`` / ``c2f_tokenizer`` / ``c2f_refiner``. ``data`` is the train split."""
+
+
+@hookspec(firstresult=True)
+def c2f_collate(cfg, data, indices):
+    """Return the training batch made of the items ``indices`` (a long tensor) of ``data``.
+
+    Default: ``(data.x[indices], data.cond[indices])`` for ``TensorData``.
+    """
+
+
+@hookspec(firstresult=True)
+def c2f_sample_conditions(cfg, data, num_samples):
+    """Return the conditions to sample for (a tensor of length ``num_samples``), or ``None``
+    for the default: class labels cycling through ``range(num_classes)``."""
+
+
+@hookspec(firstresult=True)
+def c2f_save_samples(cfg, samples, run_dir):
+    """Write generated samples into ``run_dir`` and return the path written (default:
+    ``samples.pt`` holding the tensor and its conditions)."""
+
+
+@hookspec(firstresult=True)
+def c2f_load_samples(cfg, path):
+    """Read samples written by ``c2f_save_samples`` (or a user's file in the same layout)."""
+
+
+@hookspec(firstresult=True)
+def c2f_evaluate(cfg, samples, run_dir):
+    """Score generated samples; return a flat ``dict[str, float]`` that goes into metrics.json."""
+
+
+@hookspec(firstresult=True)
+def c2f_visualize(cfg, samples, path):
+    """Draw samples into the picture ``path`` (PNG)."""
+
+
+@hookspec(firstresult=True)
+def c2f_run_task(cfg, task, run_dir):
+    """Run a task the core does not know (``forecast``, ``train_tokenizer``, ``benchmark``…)
+    and return its metrics dict, or ``None`` if this domain does not provide ``task``."""

@@ -1,0 +1,301 @@
+"""Command line: ``python -m core.run domain=<name> task=<train|sample|evaluate|all|…>``.
+
+``main`` only composes the config (hydra, ``version_base="1.3"``); ``run(cfg, run_dir)`` does the
+work and is what tests and scripts call. Every task writes into its run directory the composed
+``config.yaml``, its artefacts and a ``metrics.json`` of flat numbers. Tasks the core does not
+know are handed to the domain (``c2f_run_task``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from core.data import TensorData
+from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
+from core.model import ScaleModel
+from core.plugins import UnknownDomainError, available_domains, config_dirs, get_domain
+from core.pyramid import ResidualPyramid
+from core.quantizers import make_quantizer
+from core.refiner import ScaleTransformer
+from core.sampler import CoarseToFineSampler, generate, member_seeds
+from core.targets import make_head
+from core.train import TrainConfig, load_weights, train
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CORE_TASKS = ("train", "sample", "evaluate", "all")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+# ---------------------------------------------------------------- config schema (core sections)
+@dataclass
+class ModelConfig:
+    variant: str = "laplacian"        # laplacian | var
+    target_state: str = "residual"    # residual (Laplacian bands) | full (Gaussian levels)
+    target: str = "index"             # index | bits | continuous
+    quantizer: str = "scalar"         # scalar | vq | identity
+    num_codes: int = 32
+    quant_lo: float = -1.0
+    quant_hi: float = 1.0
+    label_drop: float = 0.1
+
+
+@dataclass
+class RefinerConfig:
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    mask: str = "block_causal"        # block_causal | markov
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.0
+    log_every: int = 25
+    ckpt_every: int = 200
+    resume: bool = False
+
+
+@dataclass
+class SampleConfig:
+    num_samples: int = 100
+    batch_size: int = 100
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    guidance: float = 0.0
+    guidance_schedule: str = "constant"  # constant | linear
+
+
+@dataclass
+class Schema:
+    domain: Any = field(default_factory=dict)
+    task: str = "all"
+    seed: int = 0
+    progress: bool = True
+    checkpoint: Any = None
+    samples_path: Any = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def validate_config(cfg: DictConfig) -> DictConfig:
+    """Check the core sections' keys and types; domain sections stay free-form."""
+    try:
+        schema = OmegaConf.structured(Schema)
+        body = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
+        merged = OmegaConf.merge(schema, body)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {e.msg}") from None
+    if "name" not in merged.domain:
+        raise ConfigError("config has no domain.name; pick a domain with domain=<name>")
+    return merged
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """Compose and validate the config without hydra's run machinery (tests, notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = _with_plugin_paths(list(overrides))
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return validate_config(cfg)
+
+
+def _with_plugin_paths(overrides: list[str]) -> list[str]:
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("domain=")]
+    if chosen and chosen[-1] not in available_domains():
+        raise UnknownDomainError(
+            f"unknown domain '{chosen[-1]}'; available domains: {', '.join(available_domains())}")
+    extra = config_dirs()
+    if extra:
+        overrides = overrides + ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"]
+    return overrides
+
+
+# ---------------------------------------------------------------- building blocks
+def build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
+    model = domain.c2f_model(cfg=cfg, data=data)
+    if model is not None:
+        return model
+    ops = domain.c2f_scale_ops(cfg=cfg)
+    if ops is None:
+        raise NotImplementedError(f"domain '{domain.name}' implements neither c2f_model nor c2f_scale_ops")
+    tokenizer = domain.c2f_tokenizer(cfg=cfg)
+    channels = tokenizer.channels if tokenizer is not None else data.x.shape[1]
+    m = cfg.model
+    quantizer = getattr(tokenizer, "quantizer", None)
+    if quantizer is None:
+        quantizer = make_quantizer(m.quantizer, channels, m.num_codes, len(ops.sizes),
+                                   lo=m.quant_lo, hi=m.quant_hi)
+    pyramid = ResidualPyramid(ops, quantizer, m.variant, m.target_state)
+    num_classes = int((domain.c2f_condition(cfg=cfg) or {}).get("num_classes", 0))
+    refiner = domain.c2f_refiner(cfg=cfg, in_channels=channels, num_scales=len(ops.sizes),
+                                 num_classes=num_classes)
+    if refiner is None:
+        positions = [ops.positions(k) for k in range(len(ops.sizes))]
+        refiner = ScaleTransformer(channels, positions, num_classes, **cfg.refiner)
+    head = make_head(m.target, cfg.refiner.d_model, quantizer)
+    return ScaleModel(pyramid, refiner, head, channels, num_classes, tokenizer, m.label_drop)
+
+
+def load_data(cfg, domain, split: str):
+    data = domain.c2f_load_data(cfg=cfg, split=split)
+    if data is None:
+        raise NotImplementedError(f"domain '{domain.name}' does not implement c2f_load_data")
+    return data
+
+
+def _collate(cfg, domain, data, indices):
+    batch = domain.c2f_collate(cfg=cfg, data=data, indices=indices)
+    if batch is not None:
+        return batch
+    if not isinstance(data, TensorData):
+        raise NotImplementedError(f"domain '{domain.name}' must implement c2f_collate for its data")
+    return data.x[indices], (data.cond[indices] if data.cond is not None else None)
+
+
+def write_json_atomic(obj: dict, path: Path):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _checkpoint_path(cfg, run_dir: Path) -> Path:
+    return Path(cfg.checkpoint) if cfg.checkpoint else run_dir / "checkpoints" / "last.pt"
+
+
+# ---------------------------------------------------------------- tasks
+def task_train(cfg, domain, run_dir: Path) -> dict:
+    data = load_data(cfg, domain, "train")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, domain, data)
+    tcfg = TrainConfig(**OmegaConf.to_container(cfg.train), seed=cfg.seed, progress=cfg.progress)
+    stats = train(model, len(data), lambda idx: _collate(cfg, domain, data, idx), tcfg, run_dir)
+    stats["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return stats
+
+
+def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
+    data = load_data(cfg, domain, "train")
+    torch.manual_seed(cfg.seed)
+    model = load_weights(build_model(cfg, domain, data), _checkpoint_path(cfg, run_dir))
+    s = cfg.sample
+    n = s.num_samples
+    cond = domain.c2f_sample_conditions(cfg=cfg, data=data, num_samples=n)
+    if cond is None:
+        k = max(1, getattr(model, "num_classes", 0))
+        cond = torch.arange(n) % k if getattr(model, "num_classes", 0) else torch.full((n,), model.null_label)
+    sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule)
+    outputs, calls = [], []
+    t0 = time.perf_counter()
+    for start in range(0, n, s.batch_size):
+        c = cond[start: start + s.batch_size]
+        out, nfe = generate(model, sampler, c, member_seeds(cfg.seed, c, start))
+        outputs.append(out)
+        calls.append(nfe)
+    seconds = time.perf_counter() - t0
+    samples = torch.cat(outputs) if isinstance(outputs[0], torch.Tensor) else sum(outputs, [])
+    result = {"samples": samples, "cond": cond}
+    path = domain.c2f_save_samples(cfg=cfg, samples=result, run_dir=run_dir)
+    if path is None:
+        torch.save(result, run_dir / "samples.pt")
+    domain.c2f_visualize(cfg=cfg, samples=result, path=run_dir / "samples.png")
+    metrics = {"nfe": calls[0], "samples": n, "seconds_per_sample": seconds / n,
+               "samples_per_second": n / seconds}
+    return metrics, result
+
+
+def task_evaluate(cfg, domain, run_dir: Path, samples=None) -> dict:
+    if samples is None:
+        path = Path(cfg.samples_path) if cfg.samples_path else run_dir / "samples.pt"
+        samples = domain.c2f_load_samples(cfg=cfg, path=path)
+        if samples is None:
+            if not path.is_file():
+                raise FileNotFoundError(f"samples file not found: {path} (run task=sample first "
+                                        "or set samples_path=...)")
+            samples = torch.load(path, weights_only=True)
+    metrics = domain.c2f_evaluate(cfg=cfg, samples=samples, run_dir=run_dir)
+    if metrics is None:
+        raise NotImplementedError(f"domain '{domain.name}' does not implement c2f_evaluate")
+    return metrics
+
+
+def run(cfg: DictConfig, run_dir) -> dict:
+    """Run ``cfg.task`` for ``cfg.domain.name`` in ``run_dir``; return (and save) its metrics."""
+    cfg = validate_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / "config.yaml")
+    domain = get_domain(cfg.domain.name)
+    task = cfg.task
+    metrics: dict = {}
+    if task in ("train", "all"):
+        metrics.update(task_train(cfg, domain, run_dir))
+    samples = None
+    if task in ("sample", "all"):
+        sample_metrics, samples = task_sample(cfg, domain, run_dir)
+        metrics.update(sample_metrics)
+    if task in ("evaluate", "all"):
+        metrics.update(task_evaluate(cfg, domain, run_dir, samples))
+    if task not in CORE_TASKS:
+        result = domain.c2f_run_task(cfg=cfg, task=task, run_dir=run_dir)
+        if result is None:
+            raise ConfigError(f"unknown task '{task}' for domain '{domain.name}'; core tasks are "
+                              f"{', '.join(CORE_TASKS)}")
+        metrics.update(result)
+    metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
+               for k, v in metrics.items()}
+    write_json_atomic(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+def main(argv: list[str] | None = None):
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides = _with_plugin_paths(argv)
+
+    @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
+    def _entry(cfg: DictConfig):
+        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+
+    saved = sys.argv
+    sys.argv = [saved[0]] + overrides
+    try:
+        _entry()
+    finally:
+        sys.argv = saved
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (UnknownDomainError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,142 @@
+"""Coarse-to-fine sampling: one refiner call per scale.
+
+The scheduler-like part is ``CoarseToFineSampler``: ``set_scales(K)`` fixes the scales to run
+and the guidance weight of each, ``step(predictions, k, generators)`` turns one refiner output
+into tokens (guidance, temperature, top-k, top-p). ``generate`` is the loop that drives a scale
+model with it::
+
+    sampler = CoarseToFineSampler(temperature=1.0, top_k=0, guidance=2.0, schedule="linear")
+    samples, nfe = generate(model, sampler, cond, seeds=member_seeds(run_seed, cond))
+
+Classifier-free guidance: predictions for the condition and for the null label come from the
+same refiner call (the batch is doubled), and are combined as (1 + w_k) cond - w_k uncond, where
+w_k is constant or ramps linearly from 0 at the coarsest scale to w at the finest (VAR).
+
+Every sample draws its randomness from its own generator, seeded by (run seed, condition, member
+index): sample i is the same whatever the batch it is drawn in, so one member can be regenerated
+alone.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from core.quantizers import bits_to_index
+from core.targets import Prediction
+
+SCHEDULES = ("constant", "linear")
+
+
+def member_seed(seed: int, cond, index: int) -> int:
+    """A stable 63-bit seed for sample ``index`` of condition ``cond`` in a run seeded ``seed``."""
+    digest = hashlib.sha256(f"{int(seed)}/{cond}/{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def member_seeds(seed: int, cond: torch.Tensor, start: int = 0) -> list[int]:
+    """Seeds for a batch whose i-th item is member ``start + i`` (its position in the run)."""
+    return [member_seed(seed, int(c), start + i) for i, c in enumerate(cond.tolist())]
+
+
+def _uniforms(generators: list[torch.Generator], shape) -> torch.Tensor:
+    return torch.stack([torch.rand(shape, generator=g) for g in generators])
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / the top-p nucleus to -inf (last dimension)."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        outside = probs.cumsum(-1) - probs > top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(outside, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+class CoarseToFineSampler:
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 guidance: float = 0.0, schedule: str = "constant"):
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown guidance schedule '{schedule}'; choose one of {SCHEDULES}")
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.guidance, self.schedule = guidance, schedule
+        self.scales: list[int] = []
+        self.weights: list[float] = []
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance > 0
+
+    def set_scales(self, num_scales: int):
+        self.scales = list(range(num_scales))
+        if self.schedule == "linear" and num_scales > 1:
+            self.weights = [self.guidance * k / (num_scales - 1) for k in self.scales]
+        else:
+            self.weights = [self.guidance] * num_scales
+
+    def step(self, predictions: dict, k: int, generators: list[torch.Generator],
+             mask_fn=None) -> dict:
+        """Tokens for scale k from one refiner output (doubled batch when guided)."""
+        tokens = {}
+        for name, pred in predictions.items():
+            value = pred.value
+            if self.guided:
+                cond, uncond = value.chunk(2)
+                w = self.weights[k]
+                value = (1 + w) * cond - w * uncond
+            if mask_fn is not None:
+                value = mask_fn(name, value, tokens)
+            tokens[name] = self.draw(Prediction(pred.kind, value), generators)
+        return tokens
+
+    def draw(self, pred: Prediction, generators: list[torch.Generator]) -> torch.Tensor:
+        value = pred.value
+        if pred.kind == "continuous":
+            return value
+        if pred.kind == "bits":
+            if self.temperature == 0:
+                return bits_to_index(value > 0)
+            u = _uniforms(generators, value.shape[1:]).to(value.device)
+            return bits_to_index(u < torch.sigmoid(value / self.temperature))
+        if pred.kind != "index":
+            raise ValueError(f"unknown prediction kind '{pred.kind}'")
+        if self.temperature == 0:
+            return value.argmax(-1)
+        u = _uniforms(generators, value.shape[1:-1]).to(value.device)
+        probs = filter_logits(value / self.temperature, self.top_k, self.top_p).softmax(-1)
+        cdf = probs.cumsum(-1)
+        return (cdf < u[..., None] * cdf[..., -1:]).sum(-1).clamp_max(value.shape[-1] - 1)
+
+
+@torch.no_grad()
+def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: list[int]):
+    """Run the backward process for a batch of conditions; return (samples, refiner calls)."""
+    if len(seeds) != len(cond):
+        raise ValueError(f"need one seed per sample: {len(seeds)} seeds for {len(cond)} conditions")
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    sampler.set_scales(model.num_scales)
+    cond_in = cond
+    if sampler.guided:
+        cond_in = torch.cat([cond, torch.full_like(cond, model.null_label)])
+    state = model.init_state(cond_in)
+    mask_fn = getattr(model, "mask_logits", None)
+    calls = 0
+    for k in sampler.scales:
+        predictions = model.predict(state, k, cond_in)
+        calls += 1
+        tokens = sampler.step(predictions, k, generators, mask_fn)
+        if sampler.guided:
+            tokens = {name: torch.cat([t, t]) for name, t in tokens.items()}
+        state = model.add_band(state, tokens, k)
+    samples = model.finish(state)
+    if sampler.guided:
+        samples = samples[: len(cond)]
+    return samples, calls

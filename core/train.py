@@ -1,0 +1,181 @@
+"""Training loop: seeded, checkpointed, resumable.
+
+Everything random in step s (the batch, label dropout, dropout) is drawn from generators seeded
+by (seed, s), and the learning rate is a function of s. A run killed after its checkpoint at step
+s and resumed from it therefore ends with exactly the parameters of an uninterrupted run.
+
+Files in ``run_dir``: ``checkpoints/last.pt`` (model, EMA, optimiser, step; written atomically
+and loaded with ``weights_only=True``) and ``train_log.jsonl`` (one line of flat numbers per
+logged step; lines past the checkpoint are dropped on resume, so the log never repeats a step).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    warmup: int = 50
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema: float = 0.0          # 0 disables; else the EMA decay, used for sampling
+    log_every: int = 25
+    ckpt_every: int = 200
+    seed: int = 0
+    progress: bool = True
+    resume: bool = False
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+def batch_indices(step: int, num_items: int, batch_size: int, seed: int) -> torch.Tensor:
+    """Items of step ``step``: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    if num_items <= 0:
+        raise ValueError("cannot train on an empty data set")
+    start = step * batch_size
+    out, pos = [], start
+    while pos < start + batch_size:
+        epoch, offset = divmod(pos, num_items)
+        perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(step_seed(seed, -1 - epoch)))
+        take = min(num_items - offset, start + batch_size - pos)
+        out.append(perm[offset: offset + take])
+        pos += take
+    return torch.cat(out)
+
+
+def save_atomic(obj, path: Path):
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _append_jsonl(path: Path, record: dict):
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_log(path: Path, last_step: int):
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", -1) <= last_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConfig, run_dir,
+          on_step: Callable | None = None) -> dict:
+    """Train ``model`` (anything with ``loss(batch, generator)``) for ``cfg.steps`` steps.
+
+    ``make_batch(indices)`` builds the batch of the given item indices. ``on_step(step, logs)``
+    is called after every step (tests use it to simulate a crash). Returns summary numbers.
+    """
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoints" / "last.pt"
+    log_path = run_dir / "train_log.jsonl"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
+    ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
+
+    start = 0
+    if cfg.resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        start = int(state["step"])
+        _trim_log(log_path, start - 1)
+    elif log_path.exists():
+        log_path.unlink()
+
+    def checkpoint(step):
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "ema": ema.state_dict() if ema is not None else None, "step": step}, ckpt_path)
+
+    model.train()
+    t0, logs, last_loss = time.time(), {}, float("nan")
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
+               desc="train", dynamic_ncols=True)
+    for step in bar:
+        torch.manual_seed(step_seed(cfg.seed, step))
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
+        batch = make_batch(batch_indices(step, num_items, cfg.batch_size, cfg.seed))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss, logs = model.loss(batch, gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+        opt.step()
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - cfg.ema)
+                for be, bm in zip(ema.buffers(), model.buffers()):
+                    be.copy_(bm)
+        last_loss = float(loss.detach())
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            record = {"step": step, "loss": last_loss, "lr": lr_at(step, cfg), **logs}
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            _append_jsonl(log_path, record)
+            bar.set_postfix(loss=f"{last_loss:.4f}")
+        if (step + 1) % cfg.ckpt_every == 0 or step == cfg.steps - 1:
+            checkpoint(step + 1)
+        if on_step is not None:
+            on_step(step, logs)
+    if start >= cfg.steps and not ckpt_path.exists():
+        checkpoint(cfg.steps)
+    return {"train_steps": cfg.steps, "train_seconds": time.time() - t0, "final_loss": last_loss}
+
+
+def load_weights(model: nn.Module, path, use_ema: bool = True) -> nn.Module:
+    """Load the (EMA, when present) weights of a checkpoint written by ``train``."""
+    state = load_checkpoint(path)
+    weights = state["ema"] if use_ema and state.get("ema") is not None else state["model"]
+    model.load_state_dict(weights)
+    return model.eval()
