@@ -79,7 +79,7 @@ class ContinuousHead(nn.Module):
 
     def loss(self, pred: Prediction, codes: torch.Tensor, values: torch.Tensor):
         loss = F.mse_loss(pred.value, values.detach())
-        return loss, {"mse": float(loss)}
+        return loss, {"mse": float(loss.detach())}
 
 
 def make_head(kind: str, d_model: int, quantizer) -> nn.Module:
