@@ -9,8 +9,10 @@ This is the protocol the sampler, trainer and CLI drive; a domain with its own s
 * ``predict(state, k, cond) -> dict[str, Prediction]``: ONE refiner call, all tokens of scale k.
 * ``add_band(state, tokens, k) -> state``: compose the drawn tokens of scale k into the state.
 * ``finish(state) -> samples``: decode the finest state.
-* optionally ``mask_logits(name, value, tokens)`` to restrict a prediction given tokens
-  already drawn at the same scale.
+* optionally ``condition_logits(name, value, tokens, state)`` to restrict or condition a
+  prediction on the tokens already drawn at the same scale (graphs: edge patterns given the node
+  tokens, from the same backbone features), and ``is_done(state)`` for models of variable depth (at most
+  ``num_scales`` calls; sampling stops as soon as it returns True).
 """
 from __future__ import annotations
 

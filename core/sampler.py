@@ -83,7 +83,7 @@ class CoarseToFineSampler:
             self.weights = [self.guidance] * num_scales
 
     def step(self, predictions: dict, k: int, generators: list[torch.Generator],
-             mask_fn=None) -> dict:
+             condition_fn=None) -> dict:
         """Tokens for scale k from one refiner output (doubled batch when guided)."""
         tokens = {}
         for name, pred in predictions.items():
@@ -92,8 +92,8 @@ class CoarseToFineSampler:
                 cond, uncond = value.chunk(2)
                 w = self.weights[k]
                 value = (1 + w) * cond - w * uncond
-            if mask_fn is not None:
-                value = mask_fn(name, value, tokens)
+            if condition_fn is not None:
+                value = condition_fn(name, value, tokens)
             tokens[name] = self.draw(Prediction(pred.kind, value), generators)
         return tokens
 
@@ -127,12 +127,17 @@ def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: lis
     if sampler.guided:
         cond_in = torch.cat([cond, torch.full_like(cond, model.null_label)])
     state = model.init_state(cond_in)
-    mask_fn = getattr(model, "mask_logits", None)
+    condition_logits = getattr(model, "condition_logits", None)
+    is_done = getattr(model, "is_done", None)  # models of variable depth (graphs) stop early
     calls = 0
     for k in sampler.scales:
+        if is_done is not None and is_done(state):
+            break
         predictions = model.predict(state, k, cond_in)
         calls += 1
-        tokens = sampler.step(predictions, k, generators, mask_fn)
+        condition_fn = None if condition_logits is None else (
+            lambda name, value, drawn: condition_logits(name, value, drawn, state))
+        tokens = sampler.step(predictions, k, generators, condition_fn)
         if sampler.guided:
             tokens = {name: torch.cat([t, t]) for name, t in tokens.items()}
         state = model.add_band(state, tokens, k)

@@ -1,0 +1,263 @@
+"""The graph refiner: a permutation-equivariant GNN that expands a coarse graph in one call.
+
+One step of the backward process reads the coarse graph G_{k-1} and predicts, for all of its
+nodes and edges in parallel, the detail tokens of ``domains.graph.coarsen``: a node token (one
+child / two unlinked / two linked children) per coarse node and a 4-bit child-connection pattern
+per coarse edge. Composing them gives G_k. Sampling starts from a single node and repeats until
+the requested node count is reached (one refiner call per level).
+
+Node features are equivariant: random-walk return probabilities (structure), degree, a Fourier
+code of the node's random priority (random features that travel with the node, so the model can
+break symmetries while staying exactly equivariant given the priorities), and the global state
+(level, current size over target size, target size). The backbone is a stack of GPS layers
+(torch_geometric: GIN message passing + global attention). Edge patterns are scored from both
+orientations and symmetrised, so the likelihood does not depend on how a pair is written.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch_geometric.nn import GINConv, GPSConv
+from torch_geometric.utils import to_dense_adj, to_dense_batch
+
+from core.targets import Prediction
+from domains.graph.coarsen import build_pyramid, compose, remix_priorities
+from domains.graph.data import Graph
+
+# pattern bit 2*i + j joins slot i of the first node with slot j of the second
+TRANSPOSE = torch.tensor([((b & 1)) | ((b >> 2 & 1) << 1) | ((b >> 1 & 1) << 2) | ((b >> 3 & 1) << 3)
+                          for b in range(16)])
+
+
+def _valid_patterns() -> torch.Tensor:
+    """[2, 2, 16]: pattern allowed when the first / second node has two children (1) or one (0)."""
+    valid = torch.zeros(2, 2, 16, dtype=torch.bool)
+    for two_p in (0, 1):
+        for two_q in (0, 1):
+            for b in range(1, 16):
+                uses_p1, uses_q1 = b & 0b1100, b & 0b1010
+                valid[two_p, two_q, b] = (two_p or not uses_p1) and (two_q or not uses_q1)
+    return valid
+
+
+VALID = _valid_patterns()
+
+
+def level_features(n_list, edge_list, prio_list, targets, steps, rw_steps: int):
+    """Batch a list of coarse graphs into node features, edge index and graph ids."""
+    counts = torch.tensor(n_list)
+    batch = torch.repeat_interleave(torch.arange(len(n_list)), counts)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+    pairs = [torch.as_tensor(e, dtype=torch.long).reshape(-1, 2) + o for e, o in zip(edge_list, offsets.tolist())]
+    pairs = torch.cat(pairs) if pairs else torch.zeros(0, 2, dtype=torch.long)
+    edge_index = torch.cat([pairs.t(), pairs.t().flip(0)], 1)
+    pair_graph = batch[pairs[:, 0]] if len(pairs) else torch.zeros(0, dtype=torch.long)
+
+    adj = to_dense_adj(edge_index, batch, max_num_nodes=int(counts.max()), batch_size=len(n_list))
+    deg = adj.sum(-1)
+    walk = adj / deg.clamp(min=1).unsqueeze(-1)
+    power, returns = walk, []
+    for _ in range(rw_steps):
+        returns.append(torch.diagonal(power, dim1=1, dim2=2))
+        power = power @ walk
+    mask = torch.arange(adj.shape[1])[None] < counts[:, None]
+    rw = torch.stack(returns, -1)[mask]
+    deg = deg[mask]
+
+    prio = torch.as_tensor(np.concatenate(prio_list), dtype=torch.float32)
+    freqs = torch.arange(1, 5, dtype=torch.float32) * 2 * math.pi
+    prio_code = torch.cat([torch.sin(prio[:, None] * freqs), torch.cos(prio[:, None] * freqs)], 1)
+    n = counts.float()
+    target = torch.as_tensor(targets, dtype=torch.float32)
+    step = torch.as_tensor(steps, dtype=torch.float32)
+    glob = torch.stack([n / target, torch.log(target) / 5, torch.log(n) / 5, step / 16], 1)
+    x = torch.cat([rw, torch.log1p(deg)[:, None], prio_code, glob[batch]], 1)
+    return x, edge_index, batch, pairs, pair_graph
+
+
+class GraphRefiner(nn.Module):
+    """GPS stack -> node-token logits [n, 3]; edge-pattern logits [m, 16] given node tokens.
+
+    The backbone runs once per level (``forward``). Edge patterns depend strongly on how many
+    children each end has (a pattern linking both children of a node closes a triangle if they
+    are also linked), so the small edge head reads the node tokens drawn for both ends
+    (``edge_logits``), the true ones in training: the tokens of a level are drawn nodes first,
+    then edges, from the same backbone features.
+    """
+
+    def __init__(self, d_model: int = 96, layers: int = 4, heads: int = 4, rw_steps: int = 8,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.rw_steps = rw_steps
+        in_features = rw_steps + 1 + 8 + 4
+        self.inp = nn.Sequential(nn.Linear(in_features, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.layers = nn.ModuleList(
+            GPSConv(d_model, GINConv(nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(),
+                                                   nn.Linear(d_model, d_model))),
+                    heads=heads, dropout=dropout, norm="layer_norm")
+            for _ in range(layers))
+        self.node_head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, 3))
+        self.token_emb = nn.Embedding(3, d_model)
+        self.edge_head = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, 16))
+
+    def forward(self, x, edge_index, batch):
+        """Backbone features [n, d] and node-token logits [n, 3]."""
+        h = self.inp(x)
+        for layer in self.layers:
+            h = layer(h, edge_index, batch)
+        return h, self.node_head(h)
+
+    def edge_logits(self, h, pairs, node_tokens):
+        """Logits of the pattern of every coarse edge, symmetric in its orientation and masked
+        to the patterns the two ends' child counts allow."""
+        hp = h[pairs[:, 0]] + self.token_emb(node_tokens[pairs[:, 0]])
+        hq = h[pairs[:, 1]] + self.token_emb(node_tokens[pairs[:, 1]])
+        forward_ = self.edge_head(torch.cat([hp, hq], 1))
+        backward = self.edge_head(torch.cat([hq, hp], 1))[:, TRANSPOSE]
+        two = (node_tokens > 0).long()
+        allowed = VALID[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
+        return (0.5 * (forward_ + backward)).masked_fill(~allowed, float("-inf"))
+
+
+class GraphScaleModel(nn.Module):
+    """The scale-model protocol of ``core.model`` for graphs (conditioned on the node count)."""
+
+    num_classes = 0
+    null_label = 0
+
+    def __init__(self, max_levels: int = 24, two_hop: bool = True, **refiner_kw):
+        super().__init__()
+        self.refiner = GraphRefiner(**refiner_kw)
+        self.max_levels, self.two_hop = max_levels, two_hop
+
+    @property
+    def num_scales(self) -> int:
+        return self.max_levels
+
+    # ------------------------------------------------------------------ training
+    def _level_batch(self, pyramids, targets):
+        items = []  # (coarse level, fine level, target, step)
+        for pyr, target in zip(pyramids, targets):
+            for k in range(1, pyr.num_levels):
+                items.append((pyr.levels[k - 1], pyr.levels[k], target, k))
+        x, edge_index, batch, pairs, _ = level_features(
+            [c.num_nodes for c, _, _, _ in items], [c.edges for c, _, _, _ in items],
+            [c.prio for c, _, _, _ in items], [t for _, _, t, _ in items],
+            [k for _, _, _, k in items], self.refiner.rw_steps)
+        node_tokens = torch.as_tensor(np.concatenate([f.node_tokens for _, f, _, _ in items]), dtype=torch.long)
+        edge_tokens = torch.as_tensor(np.concatenate([f.edge_tokens for _, f, _, _ in items]), dtype=torch.long)
+        return x, edge_index, batch, pairs, node_tokens, edge_tokens
+
+    def token_log_likelihood(self, pyramids, targets, reduce: str = "mean"):
+        x, edge_index, batch, pairs, node_tokens, edge_tokens = self._level_batch(pyramids, targets)
+        h, node_logits = self.refiner(x, edge_index, batch)
+        edge_logits = self.refiner.edge_logits(h, pairs, node_tokens)
+        node_ll = -F.cross_entropy(node_logits, node_tokens, reduction="none")
+        edge_ll = -F.cross_entropy(edge_logits, edge_tokens, reduction="none") if len(pairs) else node_ll[:0]
+        if reduce == "sum":
+            return node_ll.sum() + edge_ll.sum()
+        return node_ll.mean(), (edge_ll.mean() if len(edge_ll) else node_ll.new_zeros(())), node_logits, node_tokens
+
+    def loss(self, batch, generator: torch.Generator | None = None):
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        rng = np.random.default_rng(seed)  # a fresh random coarsening of every graph, every step
+        pyramids = [build_pyramid(g.num_nodes, g.edges, rng, two_hop=self.two_hop) for g in batch]
+        node_ll, edge_ll, node_logits, node_tokens = self.token_log_likelihood(
+            pyramids, [g.num_nodes for g in batch])
+        loss = -(node_ll + edge_ll)
+        acc = (node_logits.argmax(1) == node_tokens).float().mean()
+        return loss, {"node_nll": float(-node_ll.detach()), "edge_nll": float(-edge_ll.detach()),
+                      "node_acc": float(acc)}
+
+    @torch.no_grad()
+    def log_likelihood(self, graph: Graph, prio) -> float:
+        """log p(tokens of the pyramid built with these finest priorities | node count)."""
+        pyr = build_pyramid(graph.num_nodes, graph.edges, np.asarray(prio, dtype=np.float64),
+                            two_hop=self.two_hop)
+        return float(self.token_log_likelihood([pyr], [graph.num_nodes], reduce="sum"))
+
+    # ------------------------------------------------------------------ sampling
+    def init_state(self, cond: torch.Tensor) -> dict:
+        targets = [int(c) for c in cond.tolist()]
+        if min(targets) < 1:
+            raise ValueError(f"graph sizes to sample must be >= 1, got {min(targets)}")
+        return {"n": [1] * len(targets), "edges": [np.zeros((0, 2), np.int64) for _ in targets],
+                "prio": [np.array([0.5]) for _ in targets], "target": targets, "step": 1}
+
+    def is_done(self, state) -> bool:
+        return all(n >= t for n, t in zip(state["n"], state["target"]))
+
+    def predict(self, state, k, cond):
+        x, edge_index, batch, pairs, pair_graph = level_features(
+            state["n"], state["edges"], state["prio"], state["target"],
+            [state["step"]] * len(state["n"]), self.refiner.rw_steps)
+        h, node_logits = self.refiner(x, edge_index, batch)
+        B = len(state["n"])
+        node_dense, _ = to_dense_batch(node_logits, batch, batch_size=B)
+        state["_level"] = (h, pairs, pair_graph, batch)
+        edges_max = max([len(e) for e in state["edges"]] + [1])
+        # edge logits need the drawn node tokens: filled in by condition_logits
+        return {"node": Prediction("index", node_dense.unsqueeze(2)),
+                "edge": Prediction("index", node_dense.new_zeros(B, edges_max, 1, 16))}
+
+    def condition_logits(self, name, value, drawn, state):
+        if name != "edge":
+            return value
+        h, pairs, pair_graph, batch = state["_level"]
+        node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
+        logits = self.refiner.edge_logits(h, pairs, node_flat)
+        out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
+                                max_num_nodes=value.shape[1])
+        return out.unsqueeze(2)
+
+    @staticmethod
+    def _local_index(group: torch.Tensor) -> torch.Tensor:
+        counts = torch.bincount(group)
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+        return torch.arange(len(group)) - starts[group]
+
+    def add_band(self, state, tokens, k):
+        node_all, edge_all = tokens["node"].squeeze(2), tokens["edge"].squeeze(2)
+        for i in range(len(state["n"])):
+            n, target = state["n"][i], state["target"][i]
+            if n >= target:
+                continue
+            edges, prio = state["edges"][i], state["prio"][i]
+            nt = node_all[i, :n].numpy().astype(np.int64).copy()
+            et = edge_all[i, :len(edges)].numpy().astype(np.int64).copy()
+            nt, et = fit_to_target(nt, et, edges, prio, target - n)
+            fn, fe, cluster, slot = compose(n, edges, nt, et)
+            child_prio = remix_priorities(prio[cluster])
+            child_prio[slot == 1] = remix_priorities(child_prio[slot == 1])
+            state["n"][i], state["edges"][i], state["prio"][i] = fn, fe, child_prio
+        state["step"] += 1
+        return state
+
+    def finish(self, state) -> list[Graph]:
+        return [Graph(n, e) for n, e in zip(state["n"], state["edges"])]
+
+
+def fit_to_target(nt, et, edges, prio, budget: int):
+    """Keep at most ``budget`` (>= 1) expansions, and at least one so that sampling progresses.
+
+    Surplus expansions (highest priorities first: a random but reproducible choice) are undone
+    by merging the two children: their connections are folded onto slot 0.
+    """
+    expanding = np.flatnonzero(nt > 0)
+    if len(expanding) == 0:
+        nt[np.argmin(prio)] = 2  # a new child attached to its sibling
+        return nt, et
+    if len(expanding) <= budget:
+        return nt, et
+    undo = expanding[np.argsort(-prio[expanding])[: len(expanding) - budget]]
+    nt[undo] = 0
+    undone = np.zeros(len(nt), dtype=bool)
+    undone[undo] = True
+    first, second = undone[edges[:, 0]], undone[edges[:, 1]]
+    et[first] = (et[first] & 0b0011) | ((et[first] >> 2) & 0b0011)
+    et[second] = (et[second] & 0b0101) | ((et[second] >> 1) & 0b0101)
+    return nt, et
