@@ -4,7 +4,8 @@ This is the protocol the sampler, trainer and CLI drive; a domain with its own s
 (graphs) returns a module with the same methods from ``c2f_model``:
 
 * ``num_scales``: K, the number of refiner calls per sample.
-* ``loss(batch, generator) -> (loss, logs)``: teacher-forced training loss on a batch.
+* ``loss(batch, generator) -> (loss, logs)``: teacher-forced training loss on a batch; also
+  ``forward``, so that DistributedDataParallel can wrap the model.
 * ``init_state(cond) -> state``: the empty state for a batch of conditions.
 * ``predict(state, k, cond) -> dict[str, Prediction]``: ONE refiner call, all tokens of scale k.
 * ``add_band(state, tokens, k) -> state``: compose the drawn tokens of scale k into the state.
@@ -30,6 +31,9 @@ class ScaleModel(nn.Module):
         self.pyramid, self.refiner, self.head = pyramid, refiner, head
         self.tokenizer = tokenizer
         self.channels, self.num_classes, self.label_drop = channels, num_classes, label_drop
+        for frozen in (pyramid, tokenizer):  # the forward process is fixed while the refiner learns
+            if frozen is not None:
+                frozen.requires_grad_(False)
 
     @property
     def num_scales(self) -> int:
@@ -61,6 +65,9 @@ class ScaleModel(nn.Module):
         pred = self.head(h)
         loss, logs = self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))
         return loss, logs
+
+    def forward(self, batch, generator: torch.Generator | None = None):
+        return self.loss(batch, generator)
 
     def init_state(self, cond: torch.Tensor) -> dict:
         return {"z": self.pyramid.init_state(len(cond), self.channels), "cache": []}

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from core import distributed
 from core.data import TensorData
 from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
 from core.model import ScaleModel
@@ -26,7 +27,7 @@ from core.plugins import UnknownDomainError, available_domains, config_dirs, get
 from core.pyramid import ResidualPyramid
 from core.quantizers import make_quantizer
 from core.refiner import ScaleTransformer
-from core.sampler import CoarseToFineSampler, generate, member_seeds
+from core.sampler import CoarseToFineSampler, generate, member_seed
 from core.targets import make_head
 from core.train import TrainConfig, load_weights, train
 
@@ -210,22 +211,34 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
         k = max(1, getattr(model, "num_classes", 0))
         cond = torch.arange(n) % k if getattr(model, "num_classes", 0) else torch.full((n,), model.null_label)
     sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule)
+    # each rank draws an interleaved share; sample i is seeded by (run seed, condition, i) alone
+    mine = torch.arange(n)[distributed.rank()::distributed.world_size()]
     outputs, calls = [], []
     t0 = time.perf_counter()
-    for start in range(0, n, s.batch_size):
-        c = cond[start: start + s.batch_size]
-        out, nfe = generate(model, sampler, c, member_seeds(cfg.seed, c, start))
-        outputs.append(out)
+    for start in range(0, len(mine), s.batch_size):
+        index = mine[start: start + s.batch_size]
+        c = cond[index]
+        seeds = [member_seed(cfg.seed, int(ci), int(i)) for ci, i in zip(c.tolist(), index.tolist())]
+        out, nfe = generate(model, sampler, c, seeds)
+        outputs.extend(list(out))
         calls.append(nfe)
     seconds = time.perf_counter() - t0
-    samples = torch.cat(outputs) if isinstance(outputs[0], torch.Tensor) else sum(outputs, [])
+    parts = distributed.gather_objects((mine.tolist(), outputs, calls))
+    ordered = [None] * n
+    for index, items, _ in parts:
+        for i, item in zip(index, items):
+            ordered[i] = item
+    samples = torch.stack(ordered) if isinstance(ordered[0], torch.Tensor) else ordered
+    nfe = max(c for _, _, part_calls in parts for c in part_calls)
     result = {"samples": samples, "cond": cond}
-    path = domain.c2f_save_samples(cfg=cfg, samples=result, run_dir=run_dir)
-    if path is None:
-        torch.save(result, run_dir / "samples.pt")
-    domain.c2f_visualize(cfg=cfg, samples=result, path=run_dir / "samples.png")
-    metrics = {"nfe": calls[0], "samples": n, "seconds_per_sample": seconds / n,
-               "samples_per_second": n / seconds}
+    if distributed.is_main():
+        path = domain.c2f_save_samples(cfg=cfg, samples=result, run_dir=run_dir)
+        if path is None:
+            torch.save(result, run_dir / "samples.pt")
+        domain.c2f_visualize(cfg=cfg, samples=result, path=run_dir / "samples.png")
+    seconds = max(distributed.gather_objects(seconds))
+    metrics = {"nfe": nfe, "samples": n, "seconds_per_sample": seconds / n,
+               "samples_per_second": n / seconds, "world_size": distributed.world_size()}
     return metrics, result
 
 
@@ -247,9 +260,12 @@ def task_evaluate(cfg, domain, run_dir: Path, samples=None) -> dict:
 def run(cfg: DictConfig, run_dir) -> dict:
     """Run ``cfg.task`` for ``cfg.domain.name`` in ``run_dir``; return (and save) its metrics."""
     cfg = validate_config(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, run_dir / "config.yaml")
+    distributed.init()
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder for everyone
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+    distributed.barrier()
     domain = get_domain(cfg.domain.name)
     task = cfg.task
     metrics: dict = {}
@@ -259,7 +275,7 @@ def run(cfg: DictConfig, run_dir) -> dict:
     if task in ("sample", "all"):
         sample_metrics, samples = task_sample(cfg, domain, run_dir)
         metrics.update(sample_metrics)
-    if task in ("evaluate", "all"):
+    if task in ("evaluate", "all") and distributed.is_main():
         metrics.update(task_evaluate(cfg, domain, run_dir, samples))
     if task not in CORE_TASKS:
         result = domain.c2f_run_task(cfg=cfg, task=task, run_dir=run_dir)
@@ -269,7 +285,10 @@ def run(cfg: DictConfig, run_dir) -> dict:
         metrics.update(result)
     metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                for k, v in metrics.items()}
-    write_json_atomic(metrics, run_dir / "metrics.json")
+    metrics = distributed.broadcast_object(metrics)
+    if distributed.is_main():
+        write_json_atomic(metrics, run_dir / "metrics.json")
+    distributed.barrier()
     return metrics
 
 

@@ -4,6 +4,12 @@ Everything random in step s (the batch, label dropout, dropout) is drawn from ge
 by (seed, s), and the learning rate is a function of s. A run killed after its checkpoint at step
 s and resumed from it therefore ends with exactly the parameters of an uninterrupted run.
 
+Under torchrun every process takes its contiguous share of each global batch and
+DistributedDataParallel averages the gradients, so N processes follow the trajectory of one
+process with the same global batch (exactly, when the loss draws no random numbers; with label
+dropout or random coarsenings each rank draws its own, so runs agree in distribution only). Rank
+0 alone writes.
+
 Files in ``run_dir``: ``checkpoints/last.pt`` (model, EMA, optimiser, step; written atomically
 and loaded with ``weights_only=True``) and ``train_log.jsonl`` (one line of flat numbers per
 logged step; lines past the checkpoint are dropped on resume, so the log never repeats a step).
@@ -22,6 +28,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
+
+from core import distributed
 
 
 @dataclass
@@ -102,7 +110,7 @@ def _trim_log(path: Path, last_step: int):
 
 def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConfig, run_dir,
           on_step: Callable | None = None) -> dict:
-    """Train ``model`` (anything with ``loss(batch, generator)``) for ``cfg.steps`` steps.
+    """Train ``model`` (a module whose ``forward(batch, generator)`` returns ``(loss, logs)``).
 
     ``make_batch(indices)`` builds the batch of the given item indices. ``on_step(step, logs)``
     is called after every step (tests use it to simulate a crash). Returns summary numbers.
@@ -110,7 +118,13 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
     log_path = run_dir / "train_log.jsonl"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -126,25 +140,29 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start = int(state["step"])
-        _trim_log(log_path, start - 1)
-    elif log_path.exists():
+        if main:
+            _trim_log(log_path, start - 1)
+    elif main and log_path.exists():
         log_path.unlink()
 
     def checkpoint(step):
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                     "ema": ema.state_dict() if ema is not None else None, "step": step}, ckpt_path)
+        if main:
+            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "ema": ema.state_dict() if ema is not None else None, "step": step}, ckpt_path)
+        distributed.barrier()
 
     model.train()
     t0, logs, last_loss = time.time(), {}, float("nan")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not cfg.progress,
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
+               disable=not (cfg.progress and main), desc="train", dynamic_ncols=True)
     for step in bar:
-        torch.manual_seed(step_seed(cfg.seed, step))
-        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step))
-        batch = make_batch(batch_indices(step, num_items, cfg.batch_size, cfg.seed))
+        seed = step_seed(cfg.seed, step) if world == 1 else step_seed(cfg.seed * 7_777 + rank, step)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        batch = make_batch(distributed.shard(batch_indices(step, num_items, cfg.batch_size, cfg.seed)))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        loss, logs = model.loss(batch, gen)
+        loss, logs = net(batch, gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -159,6 +177,8 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
                     be.copy_(bm)
         last_loss = float(loss.detach())
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            last_loss = distributed.mean_scalar(last_loss)
+        if main and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             record = {"step": step, "loss": last_loss, "lr": lr_at(step, cfg), **logs}
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)

@@ -39,8 +39,9 @@ with L leaves loses one node per level, and coarse levels of dense graphs are of
 on the SPECTRE planar set (64 nodes) the pyramid has 8.0 levels on average (max 8) with the
 second pass and 8.6 (up to 12) without; on SBM 8.2 (max 10) against 9.9 (up to 16).
 
-Coarse nodes are numbered by the priority of their slot-0 child (the child with the lower
-priority); the priority of a coarse node is a fixed pseudo-random remix (splitmix64) of that
+The two children of a pair are ordered: slot 0 holds the child of higher degree (ties: lower
+priority), so the child that keeps a coarse node's links is predictable. Coarse nodes are
+numbered by the priority of their slot-0 child; the priority of a coarse node is a fixed pseudo-random remix (splitmix64) of that
 child's priority, so priorities stay distinct and unbiased with respect to cluster size at every
 level, and the whole pyramid is a deterministic, permutation-equivariant function of the graph
 and the finest priorities.
@@ -293,8 +294,11 @@ def _greedy(pairs: np.ndarray, order: np.ndarray, taken: bytearray, budget: int,
             return
 
 
+SLOT_RULES = ("degree", "priority")
+
+
 def coarsen(num_nodes, edges, prio, *, max_fraction: float = 0.5,
-            two_hop: bool = True) -> Coarsening:
+            two_hop: bool = True, slot_rule: str = "degree") -> Coarsening:
     """Contract one greedy matching of the graph (see the module docstring for the rule).
 
     ``prio`` holds one distinct real priority per node (iid uniform in practice).
@@ -341,6 +345,8 @@ def coarsen(num_nodes, edges, prio, *, max_fraction: float = 0.5,
     a = np.asarray(pa, dtype=np.int64)
     b = np.asarray(pb, dtype=np.int64)
     swap = p[a] > p[b]
+    if slot_rule == "degree":
+        swap = (deg[b] > deg[a]) | ((deg[a] == deg[b]) & swap)
     c0 = np.where(swap, b, a)
     c1 = np.where(swap, a, b)
     singles = np.flatnonzero(np.frombuffer(bytes(taken), dtype=np.uint8) == 0)
@@ -575,7 +581,8 @@ class GraphPyramid:
 
 
 def build_pyramid(num_nodes, edges, rng_or_prio=None, max_levels: int | None = None, *,
-                  max_fraction: float = 0.5, two_hop: bool = True) -> GraphPyramid:
+                  max_fraction: float = 0.5, two_hop: bool = True,
+                  slot_rule: str = "degree") -> GraphPyramid:
     """Coarsen a graph down to a single node and record the exact detail tokens of every step.
 
     ``rng_or_prio`` is either the finest priorities (array of n distinct reals) or a seed /
@@ -601,7 +608,7 @@ def build_pyramid(num_nodes, edges, rng_or_prio=None, max_levels: int | None = N
     steps: list[Coarsening] = []
     while graphs[-1][0] > 1 and (max_levels is None or len(graphs) < max_levels):
         gn, ge, gp = graphs[-1]
-        c = coarsen(gn, ge, gp, max_fraction=max_fraction, two_hop=two_hop)
+        c = coarsen(gn, ge, gp, max_fraction=max_fraction, two_hop=two_hop, slot_rule=slot_rule)
         if c.num_nodes >= gn:  # cannot happen: every level merges at least one pair
             raise RuntimeError(f"coarsening did not shrink a graph of {gn} nodes")
         cp = remix_priorities(gp[c.children[:, 0]])

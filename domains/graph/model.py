@@ -129,10 +129,12 @@ class GraphScaleModel(nn.Module):
     num_classes = 0
     null_label = 0
 
-    def __init__(self, max_levels: int = 24, two_hop: bool = True, **refiner_kw):
+    def __init__(self, max_levels: int = 24, two_hop: bool = False, slot_rule: str = "degree",
+                 max_fraction: float = 0.5, **refiner_kw):
         super().__init__()
         self.refiner = GraphRefiner(**refiner_kw)
-        self.max_levels, self.two_hop = max_levels, two_hop
+        self.max_levels = max_levels
+        self.pyramid_kw = {"two_hop": two_hop, "slot_rule": slot_rule, "max_fraction": max_fraction}
 
     @property
     def num_scales(self) -> int:
@@ -165,7 +167,7 @@ class GraphScaleModel(nn.Module):
     def loss(self, batch, generator: torch.Generator | None = None):
         seed = int(torch.randint(2**62, (1,), generator=generator))
         rng = np.random.default_rng(seed)  # a fresh random coarsening of every graph, every step
-        pyramids = [build_pyramid(g.num_nodes, g.edges, rng, two_hop=self.two_hop) for g in batch]
+        pyramids = [build_pyramid(g.num_nodes, g.edges, rng, **self.pyramid_kw) for g in batch]
         node_ll, edge_ll, node_logits, node_tokens = self.token_log_likelihood(
             pyramids, [g.num_nodes for g in batch])
         loss = -(node_ll + edge_ll)
@@ -173,11 +175,14 @@ class GraphScaleModel(nn.Module):
         return loss, {"node_nll": float(-node_ll.detach()), "edge_nll": float(-edge_ll.detach()),
                       "node_acc": float(acc)}
 
+    def forward(self, batch, generator: torch.Generator | None = None):
+        return self.loss(batch, generator)
+
     @torch.no_grad()
     def log_likelihood(self, graph: Graph, prio) -> float:
         """log p(tokens of the pyramid built with these finest priorities | node count)."""
         pyr = build_pyramid(graph.num_nodes, graph.edges, np.asarray(prio, dtype=np.float64),
-                            two_hop=self.two_hop)
+                            **self.pyramid_kw)
         return float(self.token_log_likelihood([pyr], [graph.num_nodes], reduce="sum"))
 
     # ------------------------------------------------------------------ sampling

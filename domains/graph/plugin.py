@@ -56,7 +56,8 @@ def c2f_load_data(cfg, split):
 @hookimpl
 def c2f_model(cfg, data):
     d = cfg.domain
-    return GraphScaleModel(max_levels=d.max_levels, two_hop=d.two_hop, **d.model)
+    return GraphScaleModel(max_levels=d.max_levels, two_hop=d.two_hop, slot_rule=d.slot_rule,
+                           max_fraction=d.max_fraction, **d.model)
 
 
 @hookimpl

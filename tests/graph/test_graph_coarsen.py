@@ -168,11 +168,15 @@ def test_tokens_match_definition(graph_sets):
             assert np.array_equal(nt, fine.node_tokens)
             assert np.array_equal(et, fine.edge_tokens)
             assert et.size == 0 or (et.min() >= 1 and et.max() <= 15)
-            # slot 0 holds the child with the lower priority
+            # slot 0 holds the child of higher degree, ties broken by lower priority
             two = np.flatnonzero(fine.node_tokens > 0)
             kids = np.full((coarse.num_nodes, 2), -1)
             kids[fine.cluster, fine.slot] = np.arange(fine.num_nodes)
-            assert np.all(fine.prio[kids[two, 0]] < fine.prio[kids[two, 1]])
+            deg = np.bincount(fine.edges.ravel(), minlength=fine.num_nodes)
+            d0, d1 = deg[kids[two, 0]], deg[kids[two, 1]]
+            assert np.all(d0 >= d1)
+            tie = d0 == d1
+            assert np.all(fine.prio[kids[two, 0]][tie] < fine.prio[kids[two, 1]][tie])
             # fine nodes are numbered coarse-node-major
             assert np.all(np.diff(fine.cluster) >= 0)
 

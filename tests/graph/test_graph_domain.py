@@ -142,3 +142,12 @@ def test_missing_data_path_is_named(tmp_path):
     cfg = compose_config(TINY + [f"domain.source={tmp_path / 'nowhere.npz'}", "task=train"])
     with pytest.raises(GraphDataError, match="nowhere.npz"):
         run(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_main_job_default_quality(tmp_path):
+    """The main job as shipped (built-in generated trees): most samples are valid, unique, novel
+    trees, with one refiner call per pyramid level."""
+    m = run(compose_config(["domain=graph", "progress=false"]), tmp_path)
+    assert m["vun"] >= 0.5, m
+    assert 6 <= m["nfe"] <= 12 and m["mean_nodes"] == 64
