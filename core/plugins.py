@@ -20,6 +20,7 @@ from core import hookspecs
 BUILTIN_DOMAINS = {
     "digits": "domains.digits.plugin",
     "graph": "domains.graph.plugin",
+    "image": "domains.image.plugin",
 }
 
 _HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("c2f_")]

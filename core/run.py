@@ -8,7 +8,6 @@ know are handed to the domain (``c2f_run_task``).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from core import distributed
 from core.data import TensorData
 from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
+from core.io import write_json_atomic
 from core.model import ScaleModel
 from core.plugins import UnknownDomainError, available_domains, config_dirs, get_domain
 from core.pyramid import ResidualPyramid
@@ -177,12 +177,6 @@ def _collate(cfg, domain, data, indices):
     if not isinstance(data, TensorData):
         raise NotImplementedError(f"domain '{domain.name}' must implement c2f_collate for its data")
     return data.x[indices], (data.cond[indices] if data.cond is not None else None)
-
-
-def write_json_atomic(obj: dict, path: Path):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def _checkpoint_path(cfg, run_dir: Path) -> Path:

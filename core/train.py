@@ -30,6 +30,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from core import distributed
+from core.io import save_atomic
 
 
 @dataclass
@@ -75,15 +76,6 @@ def batch_indices(step: int, num_items: int, batch_size: int, seed: int) -> torc
         out.append(perm[offset: offset + take])
         pos += take
     return torch.cat(out)
-
-
-def save_atomic(obj, path: Path):
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path) -> dict:

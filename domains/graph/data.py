@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -31,6 +30,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
+
+from core.io import atomic_path
 
 __all__ = [
     "GraphDataError",
@@ -691,20 +692,9 @@ def save_graph_splits(
         arrays.update(_split_arrays(graphs, split))
     # a split name must not make the keys of another split ambiguous on reading
     _find_splits(arrays.keys(), str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return path
 
 
