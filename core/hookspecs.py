@@ -128,4 +128,8 @@ def c2f_visualize(cfg, samples, path):
 @hookspec(firstresult=True)
 def c2f_run_task(cfg, task, run_dir):
     """Run a task the core does not know (``forecast``, ``train_tokenizer``, ``benchmark``…)
-    and return its metrics dict, or ``None`` if this domain does not provide ``task``."""
+    and return its metrics dict, or ``None`` if this domain does not provide ``task``.
+
+    It is asked first for every task, core ones included: returning a dict for ``train``,
+    ``sample`` or ``evaluate`` replaces the core's step (``task=all`` runs the three in turn, so
+    a forecasting domain makes ``sample`` its forecast and ``evaluate`` its scoring)."""

@@ -14,6 +14,13 @@ This is the protocol the sampler, trainer and CLI drive; a domain with its own s
   prediction on the tokens already drawn at the same scale (graphs: edge patterns given the node
   tokens, from the same backbone features), and ``is_done(state)`` for models of variable depth (at most
   ``num_scales`` calls; sampling stops as soon as it returns True).
+* optionally ``perturb(state, k, sigma, generators) -> state`` for the sampler's noise shift: add
+  Gaussian noise of relative size sigma to the state after scale k, drawing member i's noise from
+  ``generators[i]`` (the state may hold the doubled batch of guidance: both halves get the same
+  noise). Models without it refuse a shift with a clear error.
+* optionally ``generate(sampler, cond, seeds) -> (samples, calls)`` for a model that is not
+  coarse-to-fine and runs its own sampling loop (a diffusion baseline); ``core.sampler.generate``
+  then hands it the batch.
 """
 from __future__ import annotations
 
@@ -82,6 +89,46 @@ class ScaleModel(nn.Module):
             band = self.pyramid.quantizer.dequantize(band, k)
         size = self.pyramid.ops.sizes[k]
         state["z"] = self.pyramid.add_band(state["z"], unflat(band, size), k)
+        return state
+
+    @torch.no_grad()
+    def clean_states(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The states the sampler would reach on data ``x`` with perfect predictions: after scale
+        k, the composition of the first k+1 (de-quantised) bands, one tensor per scale."""
+        enc = self.encode(x)
+        z = self.pyramid.init_state(len(x), self.channels, x.device)
+        states = []
+        for k, values in enumerate(enc.values):
+            z = self.pyramid.add_band(z, unflat(values, self.pyramid.ops.sizes[k]), k)
+            states.append(z)
+        return states
+
+    def calibrate_shift(self, batch):
+        """Per-channel standard deviation (over items and positions) of the clean state after every
+        scale, on a training batch: the unit of ``perturb``'s sigma. Kept out of the state dict,
+        so checkpoints do not change."""
+        x = batch[0]
+        self.shift_std = [z.transpose(0, 1).flatten(1).std(1) for z in self.clean_states(x)]
+
+    def perturb(self, state: dict, k: int, sigma: float, generators: list) -> dict:
+        """Add noise to the state after scale k: i.i.d. N(0, (sigma * std_k)^2) per cell of scale
+        k's grid and channel (std_k from ``calibrate_shift``), prolonged to the state's support by
+        the pyramid's up operator when the state lives on a finer one (``variant=var``). So the
+        shift perturbs what the first k+1 bands say, at their resolution, in every variant.
+        Member i's noise comes from ``generators[i]``."""
+        std = getattr(self, "shift_std", None)
+        if std is None:
+            raise RuntimeError("call calibrate_shift(batch) on training data before a noise shift: "
+                               "sigma is relative to the clean state's standard deviation")
+        z = state["z"]
+        size = tuple(self.pyramid.ops.sizes[k])
+        noise = torch.stack([torch.randn(z.shape[1], *size, generator=g) for g in generators]).to(z)
+        if tuple(z.shape[2:]) != size:
+            noise = self.pyramid.ops.up(noise, self.num_scales - 1)
+        if len(z) != len(noise):  # guided sampling: the conditional and null halves share a state
+            noise = noise.repeat(len(z) // len(noise), *[1] * (z.ndim - 1))
+        scale = std[k].to(z).view(1, -1, *[1] * (z.ndim - 2))
+        state["z"] = z + sigma * scale * noise
         return state
 
     def finish(self, state: dict) -> torch.Tensor:

@@ -21,6 +21,7 @@ BUILTIN_DOMAINS = {
     "digits": "domains.digits.plugin",
     "graph": "domains.graph.plugin",
     "image": "domains.image.plugin",
+    "weather": "domains.weather.plugin",
 }
 
 _HOOK_NAMES = [name for name in dir(hookspecs) if name.startswith("c2f_")]

@@ -55,9 +55,13 @@ class ScalarQuantizer(nn.Module):
 
     Used for data-space pyramids. Values outside the range are clipped, so pick the range to
     cover the residuals (the grid step (hi - lo) / (V - 1) bounds the error inside it).
+    Bands of different scales can have very different sizes (a smooth field has tiny fine
+    bands); ``calibrate`` sets a per-scale, per-channel unit from data so that every band uses
+    the whole range of levels. The unit is a buffer: it is saved and restored with the model.
     """
 
-    def __init__(self, channels: int, num_codes: int = 32, lo: float = -1.0, hi: float = 1.0):
+    def __init__(self, channels: int, num_codes: int = 32, lo: float = -1.0, hi: float = 1.0,
+                 num_scales: int = 1):
         super().__init__()
         if num_codes < 2:
             raise ValueError(f"ScalarQuantizer needs at least 2 levels, got {num_codes}")
@@ -66,14 +70,32 @@ class ScalarQuantizer(nn.Module):
         self.channels, self.groups, self.num_codes = channels, channels, num_codes
         self.lo, self.hi = float(lo), float(hi)
         self.step = (self.hi - self.lo) / (num_codes - 1)
+        self.register_buffer("unit", torch.ones(max(1, num_scales), channels))
+
+    def _unit(self, scale: int) -> torch.Tensor:
+        return self.unit[min(scale, len(self.unit) - 1)]
+
+    @torch.no_grad()
+    def calibrate(self, bands: list, quantile: float = 0.999):
+        """Per scale k and channel, make the ``quantile`` of |band_k| map onto the range's edge.
+
+        ``bands[k]`` is [N, n_k, C] (for example the de-quantised bands of a lossless encode).
+        """
+        if len(bands) != len(self.unit):
+            raise ValueError(f"calibrate needs one band per scale ({len(self.unit)}), got {len(bands)}")
+        edge = min(abs(self.lo), abs(self.hi))
+        for k, band in enumerate(bands):
+            size = band.abs().reshape(-1, self.channels).float().quantile(quantile, dim=0)
+            self.unit[k] = (size / edge).clamp_min(1e-8)
 
     def forward(self, r: torch.Tensor, scale: int):
-        codes = torch.round((r.clamp(self.lo, self.hi) - self.lo) / self.step).long()
+        unit = self._unit(scale)
+        codes = torch.round(((r / unit).clamp(self.lo, self.hi) - self.lo) / self.step).long()
         values = self.dequantize(codes, scale)
         return codes, r + (values - r).detach(), r.new_zeros(())
 
     def dequantize(self, codes: torch.Tensor, scale: int) -> torch.Tensor:
-        return self.lo + codes.float() * self.step
+        return (self.lo + codes.float() * self.step) * self._unit(scale)
 
 
 class VectorQuantizer(nn.Module):
@@ -163,7 +185,7 @@ def make_quantizer(kind: str, channels: int, num_codes: int, num_scales: int, **
     if kind == "identity":
         return IdentityQuantizer(channels)
     if kind == "scalar":
-        return ScalarQuantizer(channels, num_codes, kw.get("lo", -1.0), kw.get("hi", 1.0))
+        return ScalarQuantizer(channels, num_codes, kw.get("lo", -1.0), kw.get("hi", 1.0), num_scales)
     if kind == "vq":
         return VectorQuantizer(channels, num_codes, num_scales, kw.get("beta", 0.25),
                                kw.get("dead_after", 50))

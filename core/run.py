@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +33,7 @@ from core.train import TrainConfig, load_weights, train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CORE_TASKS = ("train", "sample", "evaluate", "all")
+PIPELINE = ("train", "sample", "evaluate")
 
 
 class ConfigError(ValueError):
@@ -86,6 +87,8 @@ class SampleConfig:
     top_p: float = 1.0
     guidance: float = 0.0
     guidance_schedule: str = "constant"  # constant | linear
+    shift_scale: Optional[int] = None    # noise shift after this scale (0 = coarsest); null: none
+    shift_sigma: float = 0.0             # its size, relative to the clean state's per-channel std
 
 
 @dataclass
@@ -204,7 +207,19 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     if cond is None:
         k = max(1, getattr(model, "num_classes", 0))
         cond = torch.arange(n) % k if getattr(model, "num_classes", 0) else torch.full((n,), model.null_label)
-    sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule)
+    try:
+        sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule,
+                                      s.shift_scale, s.shift_sigma)
+    except ValueError as e:
+        raise ConfigError(f"sample settings: {e}") from None
+    if sampler.shifted:
+        calibrate = getattr(model, "calibrate_shift", None)
+        if calibrate is None:
+            raise ConfigError(f"sample.shift_scale: the noise shift is not available for "
+                              f"{type(model).__name__} (it has no calibrate_shift/perturb)")
+        # the unit of sigma: clean states of a fixed, seeded subset of the training data
+        index = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:1000]
+        calibrate(_collate(cfg, domain, data, index))
     # each rank draws an interleaved share; sample i is seeded by (run seed, condition, i) alone
     mine = torch.arange(n)[distributed.rank()::distributed.world_size()]
     outputs, calls = [], []
@@ -261,22 +276,25 @@ def run(cfg: DictConfig, run_dir) -> dict:
         OmegaConf.save(cfg, run_dir / "config.yaml")
     distributed.barrier()
     domain = get_domain(cfg.domain.name)
-    task = cfg.task
     metrics: dict = {}
-    if task in ("train", "all"):
-        metrics.update(task_train(cfg, domain, run_dir))
     samples = None
-    if task in ("sample", "all"):
-        sample_metrics, samples = task_sample(cfg, domain, run_dir)
-        metrics.update(sample_metrics)
-    if task in ("evaluate", "all") and distributed.is_main():
-        metrics.update(task_evaluate(cfg, domain, run_dir, samples))
-    if task not in CORE_TASKS:
-        result = domain.c2f_run_task(cfg=cfg, task=task, run_dir=run_dir)
-        if result is None:
-            raise ConfigError(f"unknown task '{task}' for domain '{domain.name}'; core tasks are "
+    # "all" is train -> sample -> evaluate; a domain may take over any step (weather's sample
+    # step is a forecast) or add tasks of its own, through c2f_run_task
+    for step in PIPELINE if cfg.task == "all" else (cfg.task,):
+        result = domain.c2f_run_task(cfg=cfg, task=step, run_dir=run_dir)
+        if result is not None:
+            metrics.update(result)
+        elif step == "train":
+            metrics.update(task_train(cfg, domain, run_dir))
+        elif step == "sample":
+            sample_metrics, samples = task_sample(cfg, domain, run_dir)
+            metrics.update(sample_metrics)
+        elif step == "evaluate":
+            if distributed.is_main():
+                metrics.update(task_evaluate(cfg, domain, run_dir, samples))
+        else:
+            raise ConfigError(f"unknown task '{step}' for domain '{domain.name}'; core tasks are "
                               f"{', '.join(CORE_TASKS)}")
-        metrics.update(result)
     metrics = {k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)
                for k, v in metrics.items()}
     metrics = distributed.broadcast_object(metrics)

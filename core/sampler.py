@@ -15,6 +15,19 @@ w_k is constant or ramps linearly from 0 at the coarsest scale to w at the fines
 Every sample draws its randomness from its own generator, seeded by (run seed, condition, member
 index): sample i is the same whatever the batch it is drawn in, so one member can be regenerated
 alone.
+
+Noise shift (a robustness probe): with ``shift_scale=k`` the state after scale k (counted from 0,
+the coarsest) gets Gaussian noise of ``shift_sigma`` times the per-channel standard deviation of
+clean states at that scale (``model.perturb``; ``ScaleModel`` draws it on scale k's grid and takes
+the standard deviation from teacher-forced training data, ``calibrate_shift``), and sampling goes
+on from the shifted state.
+Relative noise makes a latent and a data-space pyramid comparable. The shift noise comes from
+generators of its own, so the token draws are those of the unshifted run: ``shift_sigma=0`` gives
+exactly the unshifted samples, and a sigma grid compares like with like.
+
+A model that is not coarse-to-fine (a diffusion baseline) may run its own loop: if it has a
+``generate(sampler, cond, seeds)`` method, ``generate`` hands the batch to it, and the sampler
+supplies only its settings (guidance weight and schedule).
 """
 from __future__ import annotations
 
@@ -59,14 +72,22 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 class CoarseToFineSampler:
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 guidance: float = 0.0, schedule: str = "constant"):
+                 guidance: float = 0.0, schedule: str = "constant", shift_scale: int | None = None,
+                 shift_sigma: float = 0.0):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown guidance schedule '{schedule}'; choose one of {SCHEDULES}")
+        if shift_sigma < 0:
+            raise ValueError(f"shift_sigma must be >= 0, got {shift_sigma}")
+        if shift_sigma > 0 and shift_scale is None:
+            raise ValueError("shift_sigma > 0 needs shift_scale: the scale after which to add the noise")
+        if shift_scale is not None and shift_scale < 0:
+            raise ValueError(f"shift_scale must be >= 0 (0 = the coarsest scale), got {shift_scale}")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.shift_scale, self.shift_sigma = shift_scale, float(shift_sigma)
         self.guidance, self.schedule = guidance, schedule
         self.scales: list[int] = []
         self.weights: list[float] = []
@@ -74,6 +95,10 @@ class CoarseToFineSampler:
     @property
     def guided(self) -> bool:
         return self.guidance > 0
+
+    @property
+    def shifted(self) -> bool:
+        return self.shift_scale is not None
 
     def set_scales(self, num_scales: int):
         self.scales = list(range(num_scales))
@@ -121,7 +146,20 @@ def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: lis
     """Run the backward process for a batch of conditions; return (samples, refiner calls)."""
     if len(seeds) != len(cond):
         raise ValueError(f"need one seed per sample: {len(seeds)} seeds for {len(cond)} conditions")
+    if sampler.shifted:
+        if getattr(model, "perturb", None) is None:
+            raise ValueError(f"{type(model).__name__} has no perturb(state, k, sigma, generators): "
+                             "the noise shift (sample.shift_scale) is not available for this model")
+        if sampler.shift_scale >= model.num_scales:
+            raise ValueError(f"shift_scale {sampler.shift_scale} is out of range for a model with "
+                             f"{model.num_scales} scales (0 = the coarsest)")
+    own_loop = getattr(model, "generate", None)
+    if own_loop is not None:
+        return own_loop(sampler, cond, seeds)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
+    if sampler.shifted:  # separate streams: the token draws stay those of the unshifted run
+        shift_generators = [torch.Generator().manual_seed(member_seed(s, "shift", sampler.shift_scale))
+                            for s in seeds]
     sampler.set_scales(model.num_scales)
     cond_in = cond
     if sampler.guided:
@@ -141,6 +179,8 @@ def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: lis
         if sampler.guided:
             tokens = {name: torch.cat([t, t]) for name, t in tokens.items()}
         state = model.add_band(state, tokens, k)
+        if sampler.shifted and k == sampler.shift_scale:
+            state = model.perturb(state, k, sampler.shift_sigma, shift_generators)
     samples = model.finish(state)
     if sampler.guided:
         samples = samples[: len(cond)]

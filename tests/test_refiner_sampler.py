@@ -113,3 +113,87 @@ def test_zero_temperature_is_greedy():
     cond = torch.tensor([1, 1])
     out, _ = generate(model, sampler, cond, member_seeds(0, cond))
     assert torch.equal(out[0], out[1])
+
+
+# ---------------------------------------------------------------- noise shift
+def calibrated(model):
+    x = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    model.calibrate_shift((x, None))
+    return model
+
+
+@pytest.mark.parametrize("target", ["index", "bits", "continuous"])
+def test_noise_shift_with_zero_sigma_is_the_unshifted_run(target):
+    model = calibrated(make_model(target=target))
+    cond = torch.arange(5) % 10
+    seeds = member_seeds(3, cond)
+    plain, _ = generate(model, CoarseToFineSampler(guidance=1.0), cond, seeds)
+    zero, nfe = generate(model, CoarseToFineSampler(guidance=1.0, shift_scale=1, shift_sigma=0.0), cond, seeds)
+    assert torch.equal(plain, zero) and nfe == 4
+    moved, _ = generate(model, CoarseToFineSampler(guidance=1.0, shift_scale=1, shift_sigma=1.0), cond, seeds)
+    assert not torch.allclose(plain, moved)
+
+
+def test_noise_shift_grows_with_sigma_and_keeps_members_independent():
+    model = calibrated(make_model(target="continuous"))
+    cond = torch.tensor([3, 5, 7, 9])
+    seeds = member_seeds(11, cond)
+    plain, _ = generate(model, CoarseToFineSampler(), cond, seeds)
+    moves = []
+    for sigma in (0.1, 0.5, 2.0):
+        shifted, _ = generate(model, CoarseToFineSampler(shift_scale=2, shift_sigma=sigma), cond, seeds)
+        moves.append(float((shifted - plain).abs().mean()))
+    assert 0 < moves[0] < moves[1] < moves[2]
+    sampler = CoarseToFineSampler(guidance=1.0, shift_scale=2, shift_sigma=0.5)
+    all_four, _ = generate(model, sampler, cond, seeds)
+    third_alone, _ = generate(model, sampler, cond[2:3], member_seeds(11, cond[2:3], start=2))
+    assert torch.allclose(all_four[2:3], third_alone, atol=1e-6)
+
+
+def test_perturb_draws_noise_of_the_calibrated_size_on_the_scale_grid():
+    model = calibrated(make_model())
+    k = 3  # the 8x8 scale: laplacian states live on the scale's own grid
+    z = torch.zeros(400, 1, 8, 8)
+    gens = [torch.Generator().manual_seed(i) for i in range(400)]
+    out = model.perturb({"z": z.clone(), "cache": []}, k, 0.5, gens)["z"]
+    ratio = float(out.std()) / (0.5 * float(model.shift_std[k][0]))
+    assert abs(ratio - 1) < 0.03
+    # the doubled batch of guidance: both halves get the member's noise
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    doubled = model.perturb({"z": torch.zeros(6, 1, 8, 8), "cache": []}, k, 1.0, gens)["z"]
+    assert torch.equal(doubled[:3], doubled[3:])
+    # calibration: one per-channel std per scale, from clean (teacher-forced) states
+    assert len(model.shift_std) == 4 and all(s.shape == (1,) for s in model.shift_std)
+    assert float(model.shift_std[0]) < float(model.shift_std[3])  # coarse means vary less than pixels
+
+
+def test_noise_shift_errors_are_clear():
+    with pytest.raises(ValueError, match="shift_scale"):
+        CoarseToFineSampler(shift_sigma=0.5)
+    with pytest.raises(ValueError, match="shift_sigma"):
+        CoarseToFineSampler(shift_scale=1, shift_sigma=-1.0)
+    model = make_model()
+    cond = torch.tensor([1])
+    with pytest.raises(RuntimeError, match="calibrate_shift"):
+        generate(model, CoarseToFineSampler(shift_scale=1, shift_sigma=0.5), cond, member_seeds(0, cond))
+    with pytest.raises(ValueError, match="out of range"):
+        generate(calibrated(model), CoarseToFineSampler(shift_scale=4, shift_sigma=0.5), cond,
+                 member_seeds(0, cond))
+
+    class NoPerturb(torch.nn.Module):  # a protocol model without the optional hook
+        num_scales, null_label = 2, 10
+
+    with pytest.raises(ValueError, match="perturb"):
+        generate(NoPerturb(), CoarseToFineSampler(shift_scale=0, shift_sigma=0.5), cond, member_seeds(0, cond))
+
+
+def test_models_with_their_own_loop_get_the_batch():
+    class OwnLoop(torch.nn.Module):
+        num_scales, null_label = 7, 10
+
+        def generate(self, sampler, cond, seeds):
+            return torch.zeros(len(cond), 1, 2, 2) + sampler.guidance, 7
+
+    cond = torch.tensor([1, 2])
+    out, nfe = generate(OwnLoop(), CoarseToFineSampler(guidance=2.0), cond, member_seeds(0, cond))
+    assert nfe == 7 and torch.equal(out, torch.full((2, 1, 2, 2), 2.0))

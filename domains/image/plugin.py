@@ -6,6 +6,9 @@ tokens, and the core scale transformer learns to predict them. The tokenizer is 
 ``task=train_tokenizer`` (or on first use) and cached by its settings.
 ``domain.space=pixel``: the pyramid runs on the pixels (scales 1-2-4-7-14-28) with residuals
 uniformly quantised to ``model.num_codes`` levels.
+``domain.baseline=ddpm|ar``: the baselines of ``baselines.py`` (a pixel DDPM with a small UNet, a
+next-token transformer over the tokenizer's codes) instead of the refiner, through ``c2f_model``:
+same data, trainer, sampling task and metrics.
 Metrics use a LeNet trained by the project on MNIST train (``classifier.py``).
 """
 from __future__ import annotations
@@ -86,6 +89,22 @@ def c2f_scale_ops(cfg):
 
 
 @hookimpl
+def c2f_model(cfg, data):
+    baseline = cfg.domain.get("baseline")
+    if baseline is None:
+        return None  # the core builds the refiner from the hooks above
+    from domains.image.baselines import build_ar, build_ddpm
+
+    if baseline == "ddpm":
+        return build_ddpm(cfg)
+    if baseline == "ar":
+        if cfg.domain.space != "latent":
+            raise ValueError("the AR baseline models the tokenizer's latent codes: use domain.space=latent")
+        return build_ar(cfg, load_or_train_tokenizer(cfg))
+    raise ValueError(f"unknown image baseline '{baseline}'; choose ddpm or ar (or null for the refiner)")
+
+
+@hookimpl
 def c2f_tokenizer(cfg):
     return None if cfg.domain.space == "pixel" else load_or_train_tokenizer(cfg)
 
@@ -105,17 +124,19 @@ def c2f_evaluate(cfg, samples, run_dir):
     if not torch.isfinite(x).all():
         raise ValueError("image samples contain NaN or infinite values")
     clf, test_acc = _judge(str(_data_dir(cfg)), cfg.domain.classifier_seed, bool(cfg.progress))
-    real = mnist_tensor_data(_data_dir(cfg), "test").x
+    reference = cfg.domain.get("eval_reference")
+    real = mnist_tensor_data(_data_dir(cfg), "test").x[:reference]
     out = image_metrics(clf, x.clamp(-1, 1), cond, real)
     out["classifier_test_accuracy"] = test_acc
-    out.update(_floor(str(_data_dir(cfg)), cfg.domain.classifier_seed, len(x), bool(cfg.progress)))
+    out.update(_floor(str(_data_dir(cfg)), cfg.domain.classifier_seed, len(x), bool(cfg.progress),
+                      reference))
     if out["floor_fd"] > 0:
         out["fd_over_floor"] = out["fd"] / out["floor_fd"]
     return out
 
 
 @lru_cache(maxsize=4)
-def _floor(data_dir: str, seed: int, n: int, progress: bool) -> dict:
+def _floor(data_dir: str, seed: int, n: int, progress: bool, reference: int | None = None) -> dict:
     """The same metrics for n real training images against the same test set: the value a
     perfect generator would get with as many samples (Fréchet distance depends on n)."""
     from domains.image.metrics import image_metrics
@@ -123,7 +144,7 @@ def _floor(data_dir: str, seed: int, n: int, progress: bool) -> dict:
     clf, _ = _judge(data_dir, seed, progress)
     train = mnist_tensor_data(Path(data_dir), "train")
     index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    real = mnist_tensor_data(Path(data_dir), "test").x
+    real = mnist_tensor_data(Path(data_dir), "test").x[:reference]
     metrics = image_metrics(clf, train.x[index], train.cond[index], real)
     return {f"floor_{k}": v for k, v in metrics.items()}
 
@@ -141,7 +162,7 @@ def c2f_visualize(cfg, samples, path):
     for j, c in enumerate(classes):
         grid[j, :, 1:29, 1:29] = x[cond == c][:per_class, 0].clamp(-1, 1) * 0.5 + 0.5
     image = grid.permute(1, 2, 0, 3).reshape(per_class * 30, len(classes) * 30)
-    fig, ax = plt.subplots(figsize=(len(classes) * 0.6, per_class * 0.6))
+    fig, ax = plt.subplots(figsize=(max(len(classes), 4) * 0.6, max(per_class, 3) * 0.6))
     ax.imshow(image.numpy(), cmap="gray_r", vmin=0, vmax=1)
     ax.set_xticks([15 + 30 * j for j in range(len(classes))], [str(c) for c in classes])
     ax.set_yticks([])

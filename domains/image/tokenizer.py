@@ -8,7 +8,7 @@ size, with the training code VAR does not ship:
 * the forward process is ``core.pyramid.ResidualPyramid`` on that latent, with the core's grid
   operators (area down, bicubic up) and ``VectorQuantizer`` (codebook shared by all scales,
   per-scale usage statistics, dead-code restarts). The default latent scales are 1, 2, 3, 4, 5, 7
-  (84 tokens per image); for 14x14 latents 1, 2, 3, 4, 6, 8, 10, 14.
+  (104 tokens per image); for 14x14 latents 1, 2, 3, 4, 6, 8, 10, 14.
 * ``decode``: the mirrored conv net maps a (composed) latent back to an image in [-1, 1].
 
 ``forward`` runs the pyramid and recomposes its straight-through bands, so the reconstruction loss

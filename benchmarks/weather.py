@@ -1,0 +1,128 @@
+"""Weather benchmark: the main weather run, scored against persistence and climatology.
+
+    python benchmarks/weather.py [--steps N] [--override key=value ...]
+
+Runs ``python -m core.run domain=weather`` (train, forecast the held-out year, evaluate) and
+measures how fast the store is read (lazy zarr through xarray + dask, one time block after the
+other). Writes ``docs/results/weather.md``: CRPS, ensemble-mean RMSE and spread/skill by lead time
+for the headline channels beside the baselines, member-steps per second and read throughput, with
+the machine and the command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from core.run import compose_config, run  # noqa: E402
+from core.store import time_blocks  # noqa: E402
+
+
+def read_throughput(cfg, repeats: int = 1) -> dict:
+    """Megabytes per second and times per second read from the training period, block by block."""
+    from domains.weather import fields as F
+
+    ds = F.open_period(cfg, "train")
+    chans = F.channel_list(cfg)
+    names = list(dict.fromkeys(v for v, _ in chans))
+    nbytes, ntimes, t0 = 0, 0, time.perf_counter()
+    for _ in range(repeats):
+        for block in time_blocks(ds[names], min_length=64):
+            loaded = ds[names].isel(time=block).load()
+            nbytes += sum(v.nbytes for v in loaded.data_vars.values())
+            ntimes += loaded.sizes["time"]
+    seconds = time.perf_counter() - t0
+    return {"read_mb_per_second": nbytes / seconds / 2**20, "read_times_per_second": ntimes / seconds}
+
+
+def _row(m: dict, metric: str, ch: str, lead: str) -> str:
+    def get(prefix):
+        v = m.get(f"{prefix}{metric}/{ch}/{lead}")
+        return "-" if v is None else f"{v:.4g}"
+    return f"| {ch} | {lead} | {get('')} | {get('persistence/')} | {get('climatology/')} |"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config)")
+    ap.add_argument("--out", default=str(REPO / "outputs" / "benchmark_weather"))
+    ap.add_argument("--doc", default=str(REPO / "docs" / "results" / "weather.md"))
+    ap.add_argument("--fresh", action="store_true", help="delete --out first (otherwise resume)")
+    ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides")
+    args = ap.parse_args()
+
+    over = ["domain=weather", "progress=true"] + args.override
+    if args.steps:
+        over.append(f"train.steps={args.steps}")
+    out = Path(args.out)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    cfg = compose_config(over)
+    if (out / "metrics.json").exists():
+        over.append("train.resume=true")
+    t0 = time.time()
+    m = run(compose_config(over), out)
+    wall = time.time() - t0
+    m.update(read_throughput(cfg))
+
+    headline = [str(c) for c in cfg.domain.evaluate.headline]
+    hours = [24 * d for d in (1, 3, 5, 7, 10) if d * 24 <= cfg.domain.forecast.lead_steps * cfg.domain.step_hours]
+    leads = [f"{h}h" for h in hours]
+    cmd = "python benchmarks/weather.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Weather: ensemble forecasts on the built-in synthetic ERA5",
+        "",
+        f"Command: `{cmd.strip()}` (the main run `python -m core.run domain=weather`"
+        f"{' with ' + ' '.join(over[2:]) if len(over) > 2 else ''}).",
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads. Whole run (train, forecast, evaluate): "
+        f"{wall / 60:.1f} min; training {m.get('train_seconds', float('nan')) / 60:.1f} min for "
+        f"{int(m.get('train_steps', 0))} steps; {int(m.get('parameters', 0)):,} parameters.",
+        "",
+        f"Held-out period {cfg.domain.test_period[0]} to {cfg.domain.test_period[1]}: "
+        f"{int(m['forecast/inits'])} initial times, {int(m['forecast/members'])} members, "
+        f"step {cfg.domain.step_hours} h, {cfg.domain.sphere} support {list(cfg.domain.nsides)}. "
+        "Scores as WeatherBench2 defines them (area-weighted, RMSE of the ensemble mean with the "
+        "square root after the time mean, fair CRPS, spread/skill with the sqrt((M+1)/M) "
+        "correction). Persistence is the analysis at the initial time; climatology the "
+        "training-period mean for the calendar day and hour (±15 days).",
+        "",
+    ]
+    for metric, title in (("crps", "CRPS (lower is better)"), ("rmse", "RMSE of the ensemble mean")):
+        lines += [f"## {title}", "", "| channel | lead | model | persistence | climatology |",
+                  "|---|---|---|---|---|"]
+        lines += [_row(m, metric, ch, lead) for ch in headline for lead in leads]
+        lines.append("")
+    lines += ["## Spread/skill (1 = calibrated)", "", "| channel | " + " | ".join(leads) + " |",
+              "|---|" + "---|" * len(leads)]
+    for ch in headline:
+        vals = [m.get(f"spread_skill/{ch}/{lead}") for lead in leads]
+        lines.append(f"| {ch} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+    lines += ["", "## Speed", "",
+              f"- forecast: {m.get('forecast/member_steps_per_second', float('nan')):.2f} member-steps "
+              f"per second ({m.get('forecast/nfe_per_member_step', float('nan')):.0f} refiner calls each)",
+              f"- reading the store: {m['read_mb_per_second']:.1f} MB/s, "
+              f"{m['read_times_per_second']:.0f} times/s (lazy zarr, one chunk-aligned time block "
+              "after the other)", ""]
+    figures = Path(args.doc).parent / "weather"
+    figures.mkdir(parents=True, exist_ok=True)
+    for name in ("scorecard_crps.png", "scorecard_rmse.png", "rank_histograms.png", "forecast_maps.png"):
+        if (out / name).exists():
+            shutil.copy(out / name, figures / name)
+            lines.append(f"![{name}](weather/{name})")
+    Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.doc).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

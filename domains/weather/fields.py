@@ -1,0 +1,168 @@
+"""From the config to tensors: which store, which channels, which support, which examples.
+
+A *channel* is one variable at one level (``z500``) or a surface variable (``t2m``). Fields are
+read from the store on its lat-lon grid, moved to the pyramid's support (HEALPix pixels through
+``Regridder``, or the lat-lon grid itself) and normalised with statistics of the training period.
+One training example is an initial time t: the target is the increment to t + Δt, the condition
+the state at t, the last increment from t - Δt and the forcings at t + Δt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from domains.weather.data import Normalizer, WeatherDataError, channel_name, channels, load_fields, open_era5
+from domains.weather.model import FORCING_CHANNELS, forcings, lat_lon_of
+from domains.weather.sphere import HealpixOps, LatLonOps, Regridder
+from domains.weather.synthetic import ensure_synthetic
+
+
+def store_path(cfg) -> str:
+    """The configured store, or the built-in synthetic ERA5 (generated once, then cached)."""
+    if cfg.domain.store:
+        return str(cfg.domain.store)
+    settings = dict(cfg.domain.synthetic)
+    return str(ensure_synthetic(**settings))
+
+
+def channel_list(cfg) -> list[tuple[str, int | None]]:
+    return channels(list(cfg.domain.variables), list(cfg.domain.levels))
+
+
+class Support:
+    """The pyramid's support and the maps between it and the store's lat-lon grid."""
+
+    def __init__(self, cfg, latitude: np.ndarray, longitude: np.ndarray):
+        kind = cfg.domain.sphere
+        self.kind = kind
+        if kind == "healpix":
+            nsides = [int(n) for n in cfg.domain.nsides]
+            self.ops = HealpixOps(nsides, smooth_up=bool(cfg.domain.smooth_up))
+            self.regridder = Regridder(latitude, longitude, nsides[-1])
+        elif kind == "latlon":
+            sizes = [tuple(s) for s in cfg.domain.latlon_sizes]
+            if tuple(sizes[-1]) != (len(latitude), len(longitude)):
+                raise WeatherDataError(
+                    f"the finest lat-lon scale {tuple(sizes[-1])} must be the store's grid "
+                    f"{(len(latitude), len(longitude))}")
+            self.ops = LatLonOps(sizes, latitude)
+            self.regridder = None
+        else:
+            raise ValueError(f"unknown sphere support '{kind}'; choose healpix or latlon")
+        self.lat, self.lon = lat_lon_of(self.ops.positions(len(self.ops.sizes) - 1))
+
+    def to_support(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regridder.to_healpix(x) if self.regridder is not None else x
+
+    def to_latlon(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regridder.to_latlon(x) if self.regridder is not None else x
+
+    def forcings(self, valid_times) -> torch.Tensor:
+        """[B, 3, *support] forcings at the valid times."""
+        f = forcings(valid_times, self.lat, self.lon)
+        return f.reshape(f.shape[0], f.shape[1], *self.ops.sizes[-1])
+
+
+@dataclass
+class WeatherData:
+    """Normalised fields of one period on the support, and the examples they hold."""
+    fields: torch.Tensor           # [T, C, *support], (x - mean) / std
+    times: np.ndarray              # [T] datetime64
+    stride: int                    # store time steps per forecast step
+    normalizer: Normalizer
+    support: Support
+    names: list[str]
+    ratio: torch.Tensor = field(default=None)   # std / increment std per channel
+
+    def __post_init__(self):
+        std = torch.as_tensor(self.normalizer.std, dtype=torch.float32)
+        inc = torch.as_tensor(self.normalizer.increment_std, dtype=torch.float32)
+        self.ratio = (std / inc).reshape(-1, *([1] * (self.fields.ndim - 2)))
+        if len(self.times) <= 2 * self.stride:
+            raise WeatherDataError(f"the period holds {len(self.times)} times, too few for a "
+                                   f"forecast step of {self.stride} time steps with history")
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Indices t that have t - Δt and t + Δt inside the period."""
+        return np.arange(self.stride, len(self.times) - self.stride)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def condition(self, state: torch.Tensor, previous: torch.Tensor, valid_times) -> torch.Tensor:
+        """[B, 2C + 3, *support] from normalised states at t and t - Δt."""
+        last_increment = (state - previous) * self.ratio
+        return torch.cat([state, last_increment, self.support.forcings(valid_times)], 1)
+
+    def increment(self, state: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
+        """Normalised increment (x(t+Δt) - x(t)) / σ_Δ from normalised states."""
+        return (nxt - state) * self.ratio
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(self.starts[np.asarray(indices)])
+        state, prev, nxt = self.fields[t], self.fields[t - self.stride], self.fields[t + self.stride]
+        valid = self.times[(t + self.stride).numpy()]
+        return self.increment(state, nxt), self.condition(state, prev, valid)
+
+
+def cond_channels(num_channels: int) -> int:
+    return 2 * num_channels + FORCING_CHANNELS
+
+
+def _period(cfg, split: str) -> tuple[str, str]:
+    period = cfg.domain.train_period if split == "train" else cfg.domain.test_period
+    return str(period[0]), str(period[1])
+
+
+def open_period(cfg, split: str):
+    """The lazily opened store restricted to the configured channels and the split's period."""
+    start, end = _period(cfg, split)
+    return open_era5(store_path(cfg), list(cfg.domain.variables), list(cfg.domain.levels),
+                     start=start, end=end)
+
+
+def stride_of(times: np.ndarray, step_hours: float) -> int:
+    dt = np.diff(times).astype("timedelta64[s]").astype(np.int64)
+    if len(dt) == 0:
+        raise WeatherDataError("the store holds a single time; forecasting needs a series")
+    base = int(dt[0])
+    if np.any(dt != base):
+        raise WeatherDataError("the store's times are not evenly spaced")
+    stride = step_hours * 3600 / base
+    if stride < 1 or abs(stride - round(stride)) > 1e-9:
+        raise WeatherDataError(f"forecast step {step_hours} h is not a multiple of the store's "
+                               f"time step {base / 3600:g} h")
+    return int(round(stride))
+
+
+def fit_normalizer(cfg) -> Normalizer:
+    ds = open_period(cfg, "train")
+    fields = load_fields(ds, channel_list(cfg))
+    stride = stride_of(ds["time"].values, float(cfg.domain.step_hours))
+    return Normalizer.fit(fields, ds["latitude"].values, stride)
+
+
+def load_split(cfg, split: str, normalizer: Normalizer | None = None) -> WeatherData:
+    """Fields of the split's period on the support; statistics from the training period."""
+    ds = open_period(cfg, split)
+    chans = channel_list(cfg)
+    fields = load_fields(ds, chans)
+    times = ds["time"].values
+    stride = stride_of(times, float(cfg.domain.step_hours))
+    if normalizer is None:
+        normalizer = (Normalizer.fit(fields, ds["latitude"].values, stride) if split == "train"
+                      else fit_normalizer(cfg))
+    support = Support(cfg, ds["latitude"].values, ds["longitude"].values)
+    x = torch.from_numpy(normalizer.norm(fields))
+    return WeatherData(support.to_support(x).float().contiguous(), times, stride, normalizer,
+                       support, [channel_name(v, lev) for v, lev in chans])
+
+
+def save_normalizer(data: WeatherData, run_dir) -> Path:
+    path = Path(run_dir) / "normalization.json"
+    data.normalizer.save(path)
+    return path

@@ -1,0 +1,129 @@
+"""Weather domain: ensemble forecasts on ERA5-layout stores with a sphere pyramid.
+
+``python -m core.run domain=weather`` trains the one-step model (core trainer, examples from
+``fields.py``), forecasts the held-out period (``task=forecast``, also the ``sample`` step of
+``task=all``) and scores it WeatherBench2's way against the truth and against persistence and
+climatology (``task=evaluate``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from core import distributed
+from core.hookspecs import hookimpl
+from core.train import load_weights
+from domains.weather import fields as F
+from domains.weather.model import build_weather_model
+
+CALIBRATION_EXAMPLES = 256
+
+
+@hookimpl
+def c2f_load_data(cfg, split):
+    return F.load_split(cfg, "train" if split == "train" else "test")
+
+
+@hookimpl
+def c2f_model(cfg, data):
+    n = len(data)
+    pick = np.linspace(0, n - 1, min(n, CALIBRATION_EXAMPLES)).astype(int)
+    calibration = data.batch(pick)[0]
+    channels = data.fields.shape[1]
+    return build_weather_model(cfg, data.support.ops, channels, F.cond_channels(channels),
+                               calibration, stencil=bool(cfg.domain.stencil))
+
+
+@hookimpl
+def c2f_collate(cfg, data, indices):
+    return data.batch(indices.numpy() if isinstance(indices, torch.Tensor) else indices)
+
+
+def _checkpoint(cfg, run_dir: Path) -> Path:
+    return Path(cfg.checkpoint) if cfg.checkpoint else run_dir / "checkpoints" / "last.pt"
+
+
+def _analyses(cfg, split: str) -> dict:
+    """The period's truth on the store grid, physical units, as the forecaster consumes it."""
+    ds = F.open_period(cfg, split)
+    chans = F.channel_list(cfg)
+    return {"time": ds["time"].values, "fields": F.load_fields(ds, chans), "channels": chans,
+            "latitude": ds["latitude"].values, "longitude": ds["longitude"].values}
+
+
+def forecast(cfg, run_dir: Path) -> dict:
+    from domains.weather.forecast import run_forecast
+
+    train = F.load_split(cfg, "train")
+    F.save_normalizer(train, run_dir)
+    model = load_weights(c2f_model(cfg, train), _checkpoint(cfg, run_dir))
+    return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, bool(cfg.progress))
+
+
+def evaluate(cfg, run_dir: Path) -> dict:
+    from domains.weather import scores as S
+    from domains.weather.plots import forecast_maps
+
+    path = Path(cfg.domain.forecast.path) if cfg.domain.forecast.path else run_dir / "forecast.zarr"
+    if not path.exists():
+        raise FileNotFoundError(f"forecast store not found: {path} (run task=forecast first or "
+                                "set domain.forecast.path=...)")
+    fc = xr.open_zarr(path, consolidated=True) if path.suffix != ".nc" else xr.open_dataset(path)
+    fc = fc.load()
+    truth = F.open_period(cfg, "test").load()
+    train_truth = F.open_period(cfg, "train").load()
+    init, leads = fc["time"].values, fc["prediction_timedelta"].values
+    models = {
+        "model": fc,
+        "persistence": S.persistence_forecast(truth, init, leads),
+        "climatology": S.climatology_forecast(train_truth, init, leads),
+    }
+    scores = {name: S.score(ds, truth) for name, ds in models.items()}
+    metrics: dict = {}
+    for name, table in scores.items():
+        flat = S.flatten_scores(table)
+        metrics.update(flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()})
+        S.save_scores(table, run_dir / "scores" / name)
+    S.scorecard_png(scores, run_dir / "scorecard_crps.png", metric="crps")
+    S.scorecard_png(scores, run_dir / "scorecard_rmse.png", metric="rmse")
+    S.rank_histogram_png(S.rank_histogram(fc, truth, seed=int(cfg.seed)), run_dir / "rank_histograms.png")
+
+    # one map: the headline channel at a chosen lead of the first initial time
+    e = cfg.domain.evaluate
+    var, level = _parse_channel(str(e.map_channel), F.channel_list(cfg))
+    lead = leads[min(int(e.map_lead_steps), len(leads)) - 1]
+    sel = {"time": init[0], "prediction_timedelta": lead}
+    if level is not None:
+        sel["level"] = level
+    members = fc[var].sel(sel).transpose("number", "latitude", "longitude").values
+    valid = init[0] + lead
+    tsel = {"time": valid} if level is None else {"time": valid, "level": level}
+    forecast_maps(truth[var].sel(tsel).transpose("latitude", "longitude").values, members,
+                  fc["latitude"].values, fc["longitude"].values,
+                  f"{e.map_channel}, init {pd.Timestamp(init[0]):%Y-%m-%d %H}UTC, "
+                  f"lead {lead / np.timedelta64(1, 'h'):g} h", run_dir / "forecast_maps.png")
+    return metrics
+
+
+def _parse_channel(name: str, chans) -> tuple[str, int | None]:
+    from domains.weather.data import channel_name
+
+    for var, level in chans:
+        if channel_name(var, level) == name:
+            return var, level
+    raise ValueError(f"unknown channel '{name}'; the run has "
+                     f"{', '.join(channel_name(v, lev) for v, lev in chans)}")
+
+
+@hookimpl
+def c2f_run_task(cfg, task, run_dir):
+    run_dir = Path(run_dir)
+    if task in ("sample", "forecast"):
+        return forecast(cfg, run_dir)
+    if task == "evaluate":
+        return evaluate(cfg, run_dir) if distributed.is_main() else {}
+    return None
