@@ -33,15 +33,26 @@ DIMS_SURFACE = ("time", "prediction_timedelta", "number", "latitude", "longitude
 
 
 def init_times(test_times: np.ndarray, stride: int, lead_steps: int, every_hours: float,
-               max_inits: int | None) -> np.ndarray:
-    """Initial times in the test period that have the previous step and every lead's truth."""
+               max_inits: int | None, chosen=None) -> np.ndarray:
+    """Initial times in the test period that have the previous step and every lead's truth:
+    ``chosen`` ones (checked), or every ``every_hours`` from the first possible one."""
     dt_hours = (test_times[1] - test_times[0]) / np.timedelta64(1, "h")
-    every = max(1, int(round(every_hours / dt_hours)))
     first, last = stride, len(test_times) - 1 - lead_steps * stride
     if last < first:
         raise WeatherDataError(
             f"the test period ({len(test_times)} times) is too short for {lead_steps} steps of "
             f"{stride} time steps with history")
+    if chosen:
+        out = np.array([np.datetime64(str(t), "ns") for t in chosen])
+        allowed = set(test_times[first: last + 1].astype("datetime64[ns]").tolist())
+        for t in out:
+            if t.item() not in allowed:
+                raise WeatherDataError(
+                    f"initial time {t} is not a store time with {stride} time steps of history "
+                    f"and {lead_steps} forecast steps inside the test period "
+                    f"({test_times[first]} to {test_times[last]})")
+        return out
+    every = max(1, int(round(every_hours / dt_hours)))
     chosen = test_times[first: last + 1: every]
     return chosen[:max_inits] if max_inits else chosen
 
@@ -68,6 +79,7 @@ def to_dataset(values: np.ndarray, t0, leads: np.ndarray, chans, latitude, longi
     ds = xr.Dataset(data_vars, coords=coords, attrs=attrs)
     for var in ds.data_vars:
         ds[var] = ds[var].astype(np.float32)
+    ds["time"].encoding = {"units": "hours since 1970-01-01", "dtype": "int64"}
     ds["time"].attrs = {"long_name": "initialisation time", "standard_name": "forecast_reference_time"}
     ds["prediction_timedelta"].attrs = {"long_name": "lead time", "standard_name": "forecast_period"}
     ds["number"].attrs = {"long_name": "ensemble member", "standard_name": "realization"}
@@ -125,6 +137,7 @@ def rollout(model, data, state_ll: torch.Tensor, previous_ll: torch.Tensor, t0, 
 def join_parts(paths: list[Path], out: Path, netcdf: bool) -> xr.Dataset:
     """The per-initial-time stores as one forecast store (and netCDF on request), atomically."""
     ds = xr.concat([xr.open_zarr(p, consolidated=True) for p in paths], dim="time").load()
+    ds["time"].encoding = {"units": "hours since 1970-01-01", "dtype": "int64"}
     write_zarr_atomic(ds, out)
     if netcdf:
         with atomic_path(out.with_suffix(".nc"), suffix=".nc") as tmp:
@@ -142,7 +155,8 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
     times = test_ds["time"]
     stride = data.stride
     lead_steps = int(f.lead_steps)
-    inits = init_times(times, stride, lead_steps, float(f.init_every_hours), f.max_inits)
+    inits = init_times(times, stride, lead_steps, float(f.init_every_hours), f.max_inits,
+                       f.get("init_times"))
     parts_dir = run_dir / "forecast_parts"
     s = cfg.sample
     sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p)

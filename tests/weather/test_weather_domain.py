@@ -74,7 +74,8 @@ def test_forcings_follow_the_sun():
 def test_forecast_writes_wb2_layout_and_resumes(trained, tmp_path):
     run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.pt"
-    over = TINY + [f"checkpoint={ckpt}", "domain.forecast.format=both"]
+    over = TINY + [f"checkpoint={ckpt}", "domain.forecast.format=both",
+                   "domain.forecast.init_times=[2015-02-02T00,2015-02-05T12]"]
     m = run(compose_config(over + ["task=forecast"]), tmp_path)
     assert m["forecast/inits"] == 2 and m["forecast/member_steps_per_second"] > 0
     assert m["forecast/nfe_per_member_step"] == 3
@@ -84,6 +85,7 @@ def test_forecast_writes_wb2_layout_and_resumes(trained, tmp_path):
     assert ds["2m_temperature"].dims == ("time", "prediction_timedelta", "number", "latitude",
                                          "longitude")
     assert ds.sizes["number"] == 3 and ds.sizes["prediction_timedelta"] == 3
+    assert [str(t)[:13] for t in ds["time"].values] == ["2015-02-02T00", "2015-02-05T12"]
     assert list(ds["level"].values) == [500, 850]
     assert (ds["prediction_timedelta"].values / np.timedelta64(1, "h")).tolist() == [24, 48, 72]
     assert ds["time"].attrs["standard_name"] == "forecast_reference_time"
@@ -130,7 +132,7 @@ def test_latlon_support_runs(tmp_path):
     assert "crps/z500/24h" in m and m["forecast/nfe_per_member_step"] == 3
 
 
-def test_bad_settings_are_named(tmp_path):
+def test_bad_settings_are_named(trained, tmp_path):
     with pytest.raises(ValueError, match="unknown sphere support 'cube'"):
         run(compose_config(TINY + ["domain.sphere=cube", "task=train"]), tmp_path)
     with pytest.raises(ValueError, match="not a multiple"):
@@ -138,5 +140,9 @@ def test_bad_settings_are_named(tmp_path):
     with pytest.raises(ValueError, match="finest lat-lon scale"):
         run(compose_config(TINY + ["domain.sphere=latlon", "domain.latlon_sizes=[[4,8]]",
                                    "task=train"]), tmp_path)
+    with pytest.raises(ValueError, match="initial time 2015-03-01"):
+        run(compose_config(TINY + ["task=forecast", "domain.forecast.init_times=[2015-03-01T00]",
+                                   f"checkpoint={trained[0] / 'checkpoints' / 'last.pt'}"]),
+            tmp_path / "bad_init")
     with pytest.raises(FileNotFoundError, match="forecast store not found"):
         run(compose_config(TINY + ["task=evaluate"]), tmp_path / "empty")
