@@ -11,6 +11,7 @@ the machine and the command.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -23,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from core.io import write_json_atomic  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
 from core.store import time_blocks  # noqa: E402
 
@@ -48,7 +50,8 @@ def _row(m: dict, metric: str, ch: str, lead: str) -> str:
     def get(prefix):
         v = m.get(f"{prefix}{metric}/{ch}/{lead}")
         return "-" if v is None else f"{v:.4g}"
-    return f"| {ch} | {lead} | {get('')} | {get('persistence/')} | {get('climatology/')} |"
+    return (f"| {ch} | {lead} | {get('')} | {get('persistence/')} | {get('climatology/')} | "
+            f"{get('climatology_ensemble/')} |")
 
 
 def main():
@@ -56,7 +59,8 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="training steps (default: the config)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "benchmark_weather"))
     ap.add_argument("--doc", default=str(REPO / "docs" / "results" / "weather.md"))
-    ap.add_argument("--fresh", action="store_true", help="delete --out first (otherwise resume)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="delete --out first (otherwise a finished run is resumed and re-scored)")
     ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides")
     args = ap.parse_args()
 
@@ -67,11 +71,22 @@ def main():
     if args.fresh and out.exists():
         shutil.rmtree(out)
     cfg = compose_config(over)
-    if (out / "metrics.json").exists():
+    shown = list(over)
+    first = out / "first_run.json"  # timings of the uninterrupted run, kept when re-scoring
+    resumed = first.exists()
+    if resumed:
         over.append("train.resume=true")
     t0 = time.time()
     m = run(compose_config(over), out)
     wall = time.time() - t0
+    timed = ["train_seconds", "train_steps", "forecast/member_steps_per_second",
+             "forecast/nfe_per_member_step"]
+    if resumed:
+        saved = json.loads(first.read_text())
+        wall = saved.pop("wall_seconds")
+        m.update(saved)
+    else:
+        write_json_atomic({"wall_seconds": wall, **{k: m[k] for k in timed if k in m}}, first)
     m.update(read_throughput(cfg))
 
     headline = [str(c) for c in cfg.domain.evaluate.headline]
@@ -82,7 +97,8 @@ def main():
         "# Weather: ensemble forecasts on the built-in synthetic ERA5",
         "",
         f"Command: `{cmd.strip()}` (the main run `python -m core.run domain=weather`"
-        f"{' with ' + ' '.join(over[2:]) if len(over) > 2 else ''}).",
+        f"{' with ' + ' '.join(shown[2:]) if len(shown) > 2 else ''}); a finished run is "
+        "re-scored, with the timings of its uninterrupted run.",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
         f"with {torch.get_num_threads()} threads. Whole run (train, forecast, evaluate): "
         f"{wall / 60:.1f} min; training {m.get('train_seconds', float('nan')) / 60:.1f} min for "
@@ -94,12 +110,14 @@ def main():
         "Scores as WeatherBench2 defines them (area-weighted, RMSE of the ensemble mean with the "
         "square root after the time mean, fair CRPS, spread/skill with the sqrt((M+1)/M) "
         "correction). Persistence is the analysis at the initial time; climatology the "
-        "training-period mean for the calendar day and hour (±15 days).",
+        "training-period mean for the calendar day and hour (±15 days); the climatological "
+        "ensemble as many training states of the same hour on the nearest calendar days as the "
+        "forecast has members.",
         "",
     ]
     for metric, title in (("crps", "CRPS (lower is better)"), ("rmse", "RMSE of the ensemble mean")):
-        lines += [f"## {title}", "", "| channel | lead | model | persistence | climatology |",
-                  "|---|---|---|---|---|"]
+        lines += [f"## {title}", "", "| channel | lead | model | persistence | climatology | "
+                  "climatological ensemble |", "|---|---|---|---|---|---|"]
         lines += [_row(m, metric, ch, lead) for ch in headline for lead in leads]
         lines.append("")
     lines += ["## Spread/skill (1 = calibrated)", "", "| channel | " + " | ".join(leads) + " |",

@@ -81,6 +81,9 @@ def evaluate(cfg, run_dir: Path) -> dict:
         "model": fc,
         "persistence": S.persistence_forecast(truth, init, leads),
         "climatology": S.climatology_forecast(train_truth, init, leads),
+        # the probabilistic reference: as many training states of nearby calendar days
+        "climatology_ensemble": S.climatology_forecast(train_truth, init, leads,
+                                                       members=int(fc.sizes["number"])),
     }
     scores = {name: S.score(ds, truth) for name, ds in models.items()}
     metrics: dict = {}

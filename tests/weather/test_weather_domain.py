@@ -114,7 +114,8 @@ def test_evaluate_scores_against_baselines(trained, tmp_path):
     run(compose_config(over + ["task=forecast"]), tmp_path)
     m = run(compose_config(over + ["task=evaluate"]), tmp_path)
     for key in ("crps/z500/24h", "rmse/t850/72h", "spread_skill/t2m/48h",
-                "persistence/crps/z500/24h", "climatology/rmse/z500/72h"):
+                "persistence/crps/z500/24h", "climatology/rmse/z500/72h",
+                "climatology_ensemble/crps/t2m/48h"):
         assert key in m and np.isfinite(m[key]), key
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["crps/z500/24h"] == m["crps/z500/24h"]
