@@ -30,6 +30,19 @@ import torch.nn as nn
 from core.pyramid import ResidualPyramid, flat, unflat
 
 
+def drop_labels(cond: torch.Tensor | None, batch: int, num_classes: int, p: float,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training labels for classifier-free guidance: ``None`` becomes the null label
+    (``num_classes``) and a share ``p`` of the labels is replaced by it."""
+    null = torch.full((batch,), num_classes, dtype=torch.long)
+    if cond is None:
+        return null
+    if p > 0 and num_classes > 0:
+        drop = torch.rand(cond.shape, generator=generator) < p
+        cond = torch.where(drop, null.to(cond.device), cond)
+    return cond
+
+
 class ScaleModel(nn.Module):
     def __init__(self, pyramid: ResidualPyramid, refiner: nn.Module, head: nn.Module,
                  channels: int, num_classes: int = 0, tokenizer: nn.Module | None = None,
@@ -62,12 +75,8 @@ class ScaleModel(nn.Module):
 
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.null_label, dtype=torch.long)
         enc = self.encode(x)
-        if self.label_drop > 0 and self.num_classes > 0:
-            drop = torch.rand(cond.shape, generator=generator) < self.label_drop
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
+        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
         h = self.refiner(torch.cat(enc.contexts, 1), cond)
         pred = self.head(h)
         loss, logs = self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))

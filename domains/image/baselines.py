@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from core.model import drop_labels
 from core.refiner import Block
 from core.sampler import CoarseToFineSampler
 from core.targets import Prediction
@@ -211,11 +212,7 @@ class DDPM(nn.Module):
 
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.null_label, dtype=torch.long)
-        if self.label_drop > 0 and self.num_classes > 0:
-            drop = torch.rand(cond.shape, generator=generator) < self.label_drop
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
+        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
         t = torch.randint(0, self.timesteps, (x.shape[0],), generator=generator).to(x.device)
         noise = torch.randn(x.shape, generator=generator).to(x)
         loss = F.mse_loss(self.unet(self.q_sample(x, t, noise), t, cond.to(x.device)), noise)
@@ -344,11 +341,7 @@ class CodeAR(nn.Module):
 
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.null_label, dtype=torch.long)
-        if self.label_drop > 0 and self.num_classes > 0:
-            drop = torch.rand(cond.shape, generator=generator) < self.label_drop
-            cond = torch.where(drop, torch.full_like(cond, self.null_label), cond)
+        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
         codes = self.codes(x)
         logits = self.logits(codes, cond)
         loss = F.cross_entropy(logits.reshape(-1, self.num_codes), codes.reshape(-1))

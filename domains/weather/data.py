@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from domains.weather.sphere import area_weights
+
 __all__ = ["WeatherDataError", "SHORT_NAMES", "UPPER_AIR", "SURFACE", "normalize_dataset",
            "open_era5", "channels", "channel_name", "load_fields", "check_grid", "Normalizer",
            "wb2_grid", "resolve_variable"]
@@ -354,13 +356,6 @@ def wb2_grid(name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- normalisation stats
-
-
-def area_weights(latitude) -> np.ndarray:
-    """cos(latitude), scaled to mean 1 over the latitude rows (WB2's convention)."""
-    w = np.cos(np.deg2rad(np.asarray(latitude, dtype=np.float64)))
-    w = np.clip(w, 0.0, None)
-    return w / w.mean()
 
 
 class Normalizer:

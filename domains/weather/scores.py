@@ -22,19 +22,9 @@ import pandas as pd
 import xarray as xr
 
 from core.io import atomic_path
+from domains.weather.data import SHORT_NAMES
 from domains.weather.sphere import area_weights
 
-SHORT_NAMES = {
-    "geopotential": "z",
-    "temperature": "t",
-    "u_component_of_wind": "u",
-    "v_component_of_wind": "v",
-    "specific_humidity": "q",
-    "2m_temperature": "t2m",
-    "10m_u_component_of_wind": "u10",
-    "10m_v_component_of_wind": "v10",
-    "mean_sea_level_pressure": "msl",
-}
 METRICS = ("rmse", "crps", "spread_skill")
 _NON_SPATIAL = ("time", "prediction_timedelta", "number", "level", "metric", "rank")
 _HOUR = np.timedelta64(1, "h")
