@@ -147,3 +147,20 @@ def test_bad_settings_are_named(trained, tmp_path):
             tmp_path / "bad_init")
     with pytest.raises(FileNotFoundError, match="forecast store not found"):
         run(compose_config(TINY + ["task=evaluate"]), tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_small_model_beats_persistence_and_climatology(tmp_path):
+    """A few minutes of training on one synthetic year: the ensemble must already be more
+    skilful (CRPS) than persistence and climatology at 1 and 3 days, with a sane spread."""
+    over = ["domain=weather", "progress=false", "domain.synthetic.years=1.0",
+            "domain.train_period=[2015-01-01,2015-10-31]", "domain.test_period=[2015-11-01,2015-12-31]",
+            "train.steps=300", "domain.forecast.max_inits=8", "domain.forecast.lead_steps=3",
+            "domain.forecast.init_every_hours=168", "domain.forecast.members=8", "task=all"]
+    m = run(compose_config(over), tmp_path)
+    for ch in ("z500", "t850", "t2m"):
+        for lead in ("24h", "72h"):
+            crps = m[f"crps/{ch}/{lead}"]
+            assert crps < m[f"persistence/crps/{ch}/{lead}"], (ch, lead)
+            assert crps < m[f"climatology/crps/{ch}/{lead}"], (ch, lead)
+        assert 0.5 < m[f"spread_skill/{ch}/72h"] < 1.5, ch
