@@ -75,3 +75,27 @@ def test_slurm_launcher_config_composes():
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node) == (2, 4)
     assert cfg.hydra.launcher.name == "c2f-graph"
+
+
+def test_weather_forecast_is_the_same_on_two_ranks(tmp_path):
+    """Initial times are shared between ranks; the joined ensemble equals the one-process one."""
+    import numpy as np
+    import xarray as xr
+
+    weather = ["domain=weather", "progress=false", "domain.synthetic.years=0.12",
+               "domain.train_period=[2015-01-01,2015-01-31]",
+               "domain.test_period=[2015-02-01,2015-02-14]", "domain.nsides=[1,2,4]",
+               "refiner.d_model=32", "refiner.layers=1", "refiner.heads=2", "model.num_codes=16",
+               "train.steps=2", "train.batch_size=4", "train.warmup=1", "domain.forecast.members=2",
+               "domain.forecast.lead_steps=2", "domain.forecast.init_every_hours=72",
+               "domain.forecast.max_inits=3"]
+    launch(1, weather + ["task=train", f"hydra.run.dir={tmp_path / 'train'}"], tmp_path)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+    for nproc in (1, 2):
+        launch(nproc, weather + ["task=forecast", f"checkpoint={ckpt}",
+                                 f"hydra.run.dir={tmp_path / f'fc{nproc}'}"], tmp_path)
+    one = xr.open_zarr(tmp_path / "fc1" / "forecast.zarr", consolidated=True).load()
+    two = xr.open_zarr(tmp_path / "fc2" / "forecast.zarr", consolidated=True).load()
+    assert one.sizes["time"] == two.sizes["time"] == 3
+    np.testing.assert_array_equal(one["time"].values, two["time"].values)
+    np.testing.assert_allclose(one["geopotential"].values, two["geopotential"].values, rtol=1e-5)
