@@ -155,8 +155,9 @@ def test_small_model_beats_persistence_and_climatology(tmp_path):
     skilful (CRPS) than persistence and climatology at 1 and 3 days, with a sane spread."""
     over = ["domain=weather", "progress=false", "domain.synthetic.years=1.0",
             "domain.train_period=[2015-01-01,2015-10-31]", "domain.test_period=[2015-11-01,2015-12-31]",
-            "train.steps=300", "domain.forecast.max_inits=8", "domain.forecast.lead_steps=3",
-            "domain.forecast.init_every_hours=168", "domain.forecast.members=8", "task=all"]
+            "domain.nsides=[1,2,4]", "train.steps=200", "domain.forecast.max_inits=8",
+            "domain.forecast.lead_steps=3", "domain.forecast.init_every_hours=168",
+            "domain.forecast.members=8", "task=all"]
     m = run(compose_config(over), tmp_path)
     for ch in ("z500", "t850", "t2m"):
         for lead in ("24h", "72h"):
