@@ -258,6 +258,9 @@ class DDPM(nn.Module):
             abar_prev = self.alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else abar.new_tensor(1.0)
             x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
             if self.sampler == "ddim":
+                # the noise that goes with the clipped x0: with the raw (guided) prediction the
+                # state drifts off the schedule whenever the clip acts, and errors compound
+                eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
                 x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
                 continue
             beta = 1 - abar / abar_prev  # the (respaced) step's beta
