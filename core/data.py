@@ -21,3 +21,13 @@ class TensorData:
 
     def __len__(self) -> int:
         return len(self.x)
+
+
+def check_samples(x: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
+    """Generated (or user-given) samples must be [N, *shape] and finite before they are scored."""
+    if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+        dims = ", ".join(str(d) for d in shape)
+        raise ValueError(f"{what} samples must be [N, {dims}], got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{what} samples contain NaN or infinite values")
+    return x

@@ -8,8 +8,8 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import torch
 
+from core.data import check_samples
 from core.grid import GridOps
 from core.hookspecs import hookimpl
 from domains.digits.data import load_digits_split, to_pixels
@@ -45,10 +45,7 @@ def _classifier(test_size: int, split_seed: int):
 @hookimpl
 def c2f_evaluate(cfg, samples, run_dir):
     x, cond = samples["samples"], samples["cond"]
-    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
-        raise ValueError(f"digit samples must be [N, 1, 8, 8], got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("digit samples contain NaN or infinite values")
+    check_samples(x, (1, 8, 8), "digit")
     clf, test_acc = _classifier(cfg.domain.test_size, cfg.domain.split_seed)
     pixels = to_pixels(x)
     predicted = clf.predict(pixels)

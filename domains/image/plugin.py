@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from core.data import check_samples
 from core.grid import GridOps
 from core.hookspecs import hookimpl
 from domains.image.classifier import default_cache_dir, load_or_train_classifier
@@ -119,10 +120,7 @@ def c2f_evaluate(cfg, samples, run_dir):
     from domains.image.metrics import image_metrics
 
     x, cond = samples["samples"], samples["cond"]
-    if x.ndim != 4 or tuple(x.shape[1:]) != (1, 28, 28):
-        raise ValueError(f"image samples must be [N, 1, 28, 28], got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("image samples contain NaN or infinite values")
+    check_samples(x, (1, 28, 28), "image")
     clf, test_acc = _judge(str(_data_dir(cfg)), cfg.domain.classifier_seed, bool(cfg.progress))
     reference = cfg.domain.get("eval_reference")
     real = mnist_tensor_data(_data_dir(cfg), "test").x[:reference]
