@@ -191,7 +191,8 @@ def pixel_band_errors(args, scales: list[int], n: int = 1000) -> list[float]:
     return [float((pyramid.decode(codes, upto=k) - x).pow(2).mean()) for k in range(1, len(scales) + 1)]
 
 
-def plots(rows, shift_rows, tokenizers, args, doc_dir: Path) -> list[str]:
+def plots(rows, shift_rows, tokenizers, args, doc: Path) -> list[str]:
+    """The figures, written next to ``doc`` and named after it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -199,7 +200,7 @@ def plots(rows, shift_rows, tokenizers, args, doc_dir: Path) -> list[str]:
     written = []
 
     def save(fig, name):
-        with atomic_path(doc_dir / name, suffix=".png") as tmp:
+        with atomic_path(doc.parent / name, suffix=".png") as tmp:
             fig.savefig(tmp, dpi=110)
         plt.close(fig)
         written.append(name)
@@ -224,7 +225,7 @@ def plots(rows, shift_rows, tokenizers, args, doc_dir: Path) -> list[str]:
            ylabel="FD / real-data floor", title="MNIST: quality against network calls")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    save(fig, "mnist_quality_vs_nfe.png")
+    save(fig, f"{doc.stem}_quality_vs_nfe.png")
 
     # reconstruction error against bands
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -241,7 +242,7 @@ def plots(rows, shift_rows, tokenizers, args, doc_dir: Path) -> list[str]:
            ylabel="image MSE of the reconstruction", title="Reconstruction error by band")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    save(fig, "mnist_bands.png")
+    save(fig, f"{doc.stem}_bands.png")
 
     # sample grids
     shown = [r for r in rows if r["name"] in ("latent-index", "pixel-index", "ddpm-1000", "ddim-50", "ar")]
@@ -258,7 +259,7 @@ def plots(rows, shift_rows, tokenizers, args, doc_dir: Path) -> list[str]:
             ax.set_title(r["name"], fontsize=8)
             ax.axis("off")
         fig.tight_layout()
-        save(fig, "mnist_samples.png")
+        save(fig, f"{doc.stem}_samples.png")
 
     # noise shift
     if shift_rows:
@@ -275,14 +276,14 @@ def plots(rows, shift_rows, tokenizers, args, doc_dir: Path) -> list[str]:
                     title="Noise shift: class accuracy")
         axes[0].legend(fontsize=7)
         fig.tight_layout()
-        save(fig, "mnist_noise_shift.png")
+        save(fig, f"{doc.stem}_noise_shift.png")
     return written
 
 
 def write_doc(rows, shift_rows, tokenizers, args, total_seconds: float):
     doc = Path(args.doc)
     doc_dir = doc.parent
-    images = plots(rows, shift_rows, tokenizers, args, doc_dir)
+    images = plots(rows, shift_rows, tokenizers, args, doc)
     floor = next((r["m"] for r in rows if "floor_fd" in r["m"] and r["m"]["samples"] == args.samples), {})
     lines = ["# MNIST: levers of the refiner, baselines, noise shift", "",
              f"Command: `python benchmarks/mnist.py {' '.join(sys.argv[1:])}`".rstrip(), "",
