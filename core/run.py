@@ -89,6 +89,7 @@ class SampleConfig:
     guidance_schedule: str = "constant"  # constant | linear
     shift_scale: Optional[int] = None    # noise shift after this scale (0 = coarsest); null: none
     shift_sigma: float = 0.0             # its size, relative to the clean state's per-channel std
+    max_redraws: int = 0                 # constrained draws (model.band_ok): redraws per scale
 
 
 @dataclass
@@ -209,7 +210,7 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
         cond = torch.arange(n) % k if getattr(model, "num_classes", 0) else torch.full((n,), model.null_label)
     try:
         sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule,
-                                      s.shift_scale, s.shift_sigma)
+                                      s.shift_scale, s.shift_sigma, s.max_redraws)
     except ValueError as e:
         raise ConfigError(f"sample settings: {e}") from None
     if sampler.shifted:
@@ -222,17 +223,20 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
         calibrate(_collate(cfg, domain, data, index))
     # each rank draws an interleaved share; sample i is seeded by (run seed, condition, i) alone
     mine = torch.arange(n)[distributed.rank()::distributed.world_size()]
-    outputs, calls = [], []
+    outputs, calls, stats = [], [], {}
+    redraws = 0
     t0 = time.perf_counter()
     for start in range(0, len(mine), s.batch_size):
         index = mine[start: start + s.batch_size]
         c = cond[index]
         seeds = [member_seed(cfg.seed, int(ci), int(i)) for ci, i in zip(c.tolist(), index.tolist())]
-        out, nfe = generate(model, sampler, c, seeds)
+        out, nfe = generate(model, sampler, c, seeds, stats)
+        redraws += stats.get("redraws", 0)
         outputs.extend(list(out))
         calls.append(nfe)
     seconds = time.perf_counter() - t0
     parts = distributed.gather_objects((mine.tolist(), outputs, calls))
+    redraws = sum(distributed.gather_objects(redraws))
     ordered = [None] * n
     for index, items, _ in parts:
         for i, item in zip(index, items):
@@ -248,6 +252,8 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     seconds = max(distributed.gather_objects(seconds))
     metrics = {"nfe": nfe, "samples": n, "seconds_per_sample": seconds / n,
                "samples_per_second": n / seconds, "world_size": distributed.world_size()}
+    if sampler.max_redraws:
+        metrics["redraws_per_sample"] = redraws / n
     return metrics, result
 
 

@@ -25,6 +25,13 @@ Relative noise makes a latent and a data-space pyramid comparable. The shift noi
 generators of its own, so the token draws are those of the unshifted run: ``shift_sigma=0`` gives
 exactly the unshifted samples, and a sigma grid compares like with like.
 
+Constrained draws: a model with ``band_ok(state, tokens, k) -> bool [batch]`` says which samples'
+tokens of scale k keep the state inside a known valid set (graphs: every level of a planar graph's
+pyramid is planar). With ``max_redraws=R`` the tokens of a failing sample are drawn again from the
+same refiner output, up to R times (no extra refiner call; the last draw is kept if none passes).
+Redraws use generators of their own, seeded by (sample seed, scale, attempt), so a sample does not
+depend on the others in its batch. ``generate`` counts the redraws in ``stats``.
+
 A model that is not coarse-to-fine (a diffusion baseline) may run its own loop: if it has a
 ``generate(sampler, cond, seeds)`` method, ``generate`` hands the batch to it, and the sampler
 supplies only its settings (guidance weight and schedule).
@@ -73,7 +80,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 class CoarseToFineSampler:
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  guidance: float = 0.0, schedule: str = "constant", shift_scale: int | None = None,
-                 shift_sigma: float = 0.0):
+                 shift_sigma: float = 0.0, max_redraws: int = 0):
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
@@ -88,7 +95,10 @@ class CoarseToFineSampler:
             raise ValueError(f"shift_scale must be >= 0 (0 = the coarsest scale), got {shift_scale}")
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.shift_scale, self.shift_sigma = shift_scale, float(shift_sigma)
+        if max_redraws < 0:
+            raise ValueError(f"max_redraws must be >= 0, got {max_redraws}")
         self.guidance, self.schedule = guidance, schedule
+        self.max_redraws = int(max_redraws)
         self.scales: list[int] = []
         self.weights: list[float] = []
 
@@ -142,8 +152,10 @@ class CoarseToFineSampler:
 
 
 @torch.no_grad()
-def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: list[int]):
-    """Run the backward process for a batch of conditions; return (samples, refiner calls)."""
+def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: list[int],
+             stats: dict | None = None):
+    """Run the backward process for a batch of conditions; return (samples, refiner calls).
+    ``stats``, if given, receives ``redraws``: constrained redraws summed over the batch."""
     if len(seeds) != len(cond):
         raise ValueError(f"need one seed per sample: {len(seeds)} seeds for {len(cond)} conditions")
     if sampler.shifted:
@@ -167,7 +179,8 @@ def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: lis
     state = model.init_state(cond_in)
     condition_logits = getattr(model, "condition_logits", None)
     is_done = getattr(model, "is_done", None)  # models of variable depth (graphs) stop early
-    calls = 0
+    band_ok = getattr(model, "band_ok", None) if sampler.max_redraws else None
+    calls, redraws = 0, 0
     for k in sampler.scales:
         if is_done is not None and is_done(state):
             break
@@ -178,10 +191,39 @@ def generate(model, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: lis
         tokens = sampler.step(predictions, k, generators, condition_fn)
         if sampler.guided:
             tokens = {name: torch.cat([t, t]) for name, t in tokens.items()}
+        if band_ok is not None:
+            tokens, n = _redraw(model, sampler, band_ok, state, tokens, predictions, k, seeds, condition_fn)
+            redraws += n
         state = model.add_band(state, tokens, k)
         if sampler.shifted and k == sampler.shift_scale:
             state = model.perturb(state, k, sampler.shift_sigma, shift_generators)
     samples = model.finish(state)
     if sampler.guided:
         samples = samples[: len(cond)]
+    if stats is not None:
+        stats["redraws"] = redraws
     return samples, calls
+
+
+def _redraw(model, sampler, band_ok, state, tokens, predictions, k, seeds, condition_fn):
+    """Draw the tokens of failing samples again (see "Constrained draws" above)."""
+    B = len(seeds)
+
+    def passing(tok):
+        return torch.as_tensor(band_ok(state, tok, k), dtype=torch.bool)[:B]
+
+    ok, count = passing(tokens), 0
+    for attempt in range(sampler.max_redraws):
+        if bool(ok.all()):
+            break
+        count += int((~ok).sum())
+        gens = [torch.Generator().manual_seed(member_seed(s, f"redraw/{k}", attempt)) for s in seeds]
+        again = sampler.step(predictions, k, gens, condition_fn)
+        if sampler.guided:
+            again = {name: torch.cat([t, t]) for name, t in again.items()}
+        keep = torch.cat([ok, ok]) if sampler.guided else ok
+        candidate = {name: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, again[name])
+                     for name, t in tokens.items()}
+        now_ok = passing(candidate)
+        tokens, ok = candidate, ok | now_ok
+    return tokens, count

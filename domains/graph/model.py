@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import networkx as nx
 import numpy as np
 import torch
 import torch.nn as nn
@@ -45,6 +46,53 @@ def _valid_patterns() -> torch.Tensor:
 
 
 VALID = _valid_patterns()
+# slots of the first / second node that a pattern joins (bit 0: slot 0, bit 1: slot 1); 0 for 0
+FIRST_SLOTS = torch.tensor([int(b & 0b0011 != 0) | int(b & 0b1100 != 0) << 1 for b in range(16)])
+SECOND_SLOTS = torch.tensor([int(b & 0b0101 != 0) | int(b & 0b1010 != 0) << 1 for b in range(16)])
+
+
+def triangles(pairs: torch.Tensor, num_nodes: int):
+    """Triangles of a graph given by its edges ``pairs`` [m, 2] (first < second), per edge.
+
+    Returns tensors over (edge, apex) incidences: the edge (P, Q), the edge from P to the apex W
+    and whether P is its first node, the same for Q, and W."""
+    e = pairs.numpy()
+    m = len(e)
+    empty = torch.zeros(0, dtype=torch.long)
+    if m == 0:
+        return empty, empty, empty.bool(), empty, empty.bool(), empty
+    src = np.concatenate([e[:, 0], e[:, 1]])
+    dst = np.concatenate([e[:, 1], e[:, 0]])
+    eid = np.concatenate([np.arange(m), np.arange(m)])
+    order = np.argsort(src, kind="stable")
+    src, dst, eid = src[order], dst[order], eid[order]
+    counts = np.bincount(src, minlength=num_nodes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    size = counts[src]                                    # pairs of neighbours of each apex
+    i = np.repeat(np.arange(len(src)), size)
+    j = starts[src[i]] + np.arange(len(i)) - np.repeat(np.cumsum(size) - size, size)
+    a, b = dst[i], dst[j]
+    keep = a < b
+    i, j, a, b = i[keep], j[keep], a[keep], b[keep]
+    keys = e[:, 0].astype(np.int64) * num_nodes + e[:, 1]
+    key_order = np.argsort(keys, kind="stable")
+    wanted = a.astype(np.int64) * num_nodes + b
+    pos = np.minimum(np.searchsorted(keys[key_order], wanted), m - 1)
+    hit = keys[key_order][pos] == wanted
+    i, j, a, b, pos = i[hit], j[hit], a[hit], b[hit], key_order[pos[hit]]
+    apex = src[i]
+    t = lambda v: torch.as_tensor(v, dtype=torch.long)  # noqa: E731
+    return t(pos), t(eid[i]), torch.as_tensor(a < apex), t(eid[j]), torch.as_tensor(b < apex), t(apex)
+
+
+def edge_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Tensor:
+    """The round (0..rounds-1) in which each edge's pattern is drawn: a pseudo-random function
+    of the two priorities, symmetric, so the order travels with the nodes (equivariance)."""
+    if len(pairs) == 0:
+        return torch.zeros(0, dtype=torch.long)
+    p = pairs.numpy()
+    u = remix_priorities(prio[p[:, 0]] + prio[p[:, 1]])
+    return torch.as_tensor(np.minimum((u * rounds).astype(np.int64), rounds - 1))
 
 
 def level_features(n_list, edge_list, prio_list, targets, steps, rw_steps: int):
@@ -102,7 +150,11 @@ class GraphRefiner(nn.Module):
             for _ in range(layers))
         self.node_head = nn.Sequential(nn.Linear(d_model, d_model), nn.SiLU(), nn.Linear(d_model, 3))
         self.token_emb = nn.Embedding(3, d_model)
-        self.edge_head = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, 16))
+        # what the edges drawn in earlier rounds say: per node, which of its slots each incident
+        # edge uses (0 = not drawn yet); per triangle (P, Q, W), which slots of P and Q touch W
+        self.slot_emb = nn.Embedding(4, d_model)
+        self.triangle_emb = nn.Embedding(4 * 4 * 3, d_model)
+        self.edge_head = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, 16))
 
     def forward(self, x, edge_index, batch):
         """Backbone features [n, d] and node-token logits [n, 3]."""
@@ -111,13 +163,32 @@ class GraphRefiner(nn.Module):
             h = layer(h, edge_index, batch)
         return h, self.node_head(h)
 
-    def edge_logits(self, h, pairs, node_tokens):
+    def edge_logits(self, h, pairs, node_tokens, drawn=None, triangles=None):
         """Logits of the pattern of every coarse edge, symmetric in its orientation and masked
-        to the patterns the two ends' child counts allow."""
-        hp = h[pairs[:, 0]] + self.token_emb(node_tokens[pairs[:, 0]])
-        hq = h[pairs[:, 1]] + self.token_emb(node_tokens[pairs[:, 1]])
-        forward_ = self.edge_head(torch.cat([hp, hq], 1))
-        backward = self.edge_head(torch.cat([hq, hp], 1))[:, TRANSPOSE]
+        to the patterns the two ends' child counts allow.
+
+        ``drawn`` [m]: patterns of the edges drawn in earlier rounds (0 = not yet), with the
+        coarse graph's ``triangles`` (see ``triangles``): the later rounds of a level see which
+        child each neighbour already joined, so that a node's neighbours split between its two
+        children consistently (around a planar node: two arcs, not a random subset)."""
+        node_tok = self.token_emb(node_tokens)
+        if drawn is None:
+            drawn = torch.zeros(len(pairs), dtype=torch.long)
+        first, second = FIRST_SLOTS[drawn], SECOND_SLOTS[drawn]
+        node_ctx = torch.zeros_like(h).index_add_(0, pairs[:, 0], self.slot_emb(first))
+        node_ctx = node_ctx.index_add_(0, pairs[:, 1], self.slot_emb(second))
+        hp = h[pairs[:, 0]] + node_tok[pairs[:, 0]] + node_ctx[pairs[:, 0]]
+        hq = h[pairs[:, 1]] + node_tok[pairs[:, 1]] + node_ctx[pairs[:, 1]]
+        tri_fwd = tri_bwd = torch.zeros_like(hp)
+        if triangles is not None and len(triangles[0]):
+            edge, p_edge, p_first, q_edge, q_first, apex = triangles
+            sp = torch.where(p_first, FIRST_SLOTS[drawn[p_edge]], SECOND_SLOTS[drawn[p_edge]])
+            sq = torch.where(q_first, FIRST_SLOTS[drawn[q_edge]], SECOND_SLOTS[drawn[q_edge]])
+            tok = node_tokens[apex]
+            tri_fwd = tri_fwd.index_add(0, edge, self.triangle_emb(12 * sp + 3 * sq + tok))
+            tri_bwd = tri_bwd.index_add(0, edge, self.triangle_emb(12 * sq + 3 * sp + tok))
+        forward_ = self.edge_head(torch.cat([hp, hq, tri_fwd], 1))
+        backward = self.edge_head(torch.cat([hq, hp, tri_bwd], 1))[:, TRANSPOSE]
         two = (node_tokens > 0).long()
         allowed = VALID[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
         return (0.5 * (forward_ + backward)).masked_fill(~allowed, float("-inf"))
@@ -130,9 +201,19 @@ class GraphScaleModel(nn.Module):
     null_label = 0
 
     def __init__(self, max_levels: int = 24, two_hop: bool = False, slot_rule: str = "degree",
-                 max_fraction: float = 0.5, **refiner_kw):
+                 max_fraction: float = 0.5, constraint: str | None = None, edge_rounds: int = 1,
+                 **refiner_kw):
         super().__init__()
+        if constraint not in CONSTRAINTS:
+            raise ValueError(f"unknown graph constraint '{constraint}'; choose one of {CONSTRAINTS}")
+        if constraint not in (None, "connected") and two_hop:
+            raise ValueError(f"constraint '{constraint}' holds on every level only when levels are "
+                             "edge contractions; it needs two_hop=false")
+        if edge_rounds < 1:
+            raise ValueError(f"edge_rounds must be >= 1, got {edge_rounds}")
         self.refiner = GraphRefiner(**refiner_kw)
+        self.constraint = constraint
+        self.edge_rounds = int(edge_rounds)
         self.max_levels = max_levels
         self.pyramid_kw = {"two_hop": two_hop, "slot_rule": slot_rule, "max_fraction": max_fraction}
 
@@ -146,22 +227,42 @@ class GraphScaleModel(nn.Module):
         for pyr, target in zip(pyramids, targets):
             for k in range(1, pyr.num_levels):
                 items.append((pyr.levels[k - 1], pyr.levels[k], target, k))
-        x, edge_index, batch, pairs, _ = level_features(
-            [c.num_nodes for c, _, _, _ in items], [c.edges for c, _, _, _ in items],
-            [c.prio for c, _, _, _ in items], [t for _, _, t, _ in items],
-            [k for _, _, _, k in items], self.refiner.rw_steps)
+        prio = [c.prio for c, _, _, _ in items]
+        x, edge_index, batch, pairs, pair_graph = level_features(
+            [c.num_nodes for c, _, _, _ in items], [c.edges for c, _, _, _ in items], prio,
+            [t for _, _, t, _ in items], [k for _, _, _, k in items], self.refiner.rw_steps)
         node_tokens = torch.as_tensor(np.concatenate([f.node_tokens for _, f, _, _ in items]), dtype=torch.long)
         edge_tokens = torch.as_tensor(np.concatenate([f.edge_tokens for _, f, _, _ in items]), dtype=torch.long)
-        return x, edge_index, batch, pairs, node_tokens, edge_tokens
+        rounds = edge_rounds(np.concatenate(prio), pairs, self.edge_rounds)
+        return x, edge_index, batch, pairs, pair_graph, node_tokens, edge_tokens, rounds
 
-    def token_log_likelihood(self, pyramids, targets, reduce: str = "mean"):
-        x, edge_index, batch, pairs, node_tokens, edge_tokens = self._level_batch(pyramids, targets)
+    def token_log_likelihood(self, pyramids, targets, reduce: str = "mean", rng=None):
+        """Log-likelihood of the pyramids' tokens. Edge patterns are drawn in ``edge_rounds``
+        rounds; ``reduce="sum"`` scores every round exactly (one head pass each), the training
+        mean scores one random round per level (earlier rounds revealed, the MaskGIT estimate)."""
+        x, edge_index, batch, pairs, pair_graph, node_tokens, edge_tokens, rounds = \
+            self._level_batch(pyramids, targets)
         h, node_logits = self.refiner(x, edge_index, batch)
-        edge_logits = self.refiner.edge_logits(h, pairs, node_tokens)
         node_ll = -F.cross_entropy(node_logits, node_tokens, reduction="none")
-        edge_ll = -F.cross_entropy(edge_logits, edge_tokens, reduction="none") if len(pairs) else node_ll[:0]
+        tri = triangles(pairs, len(node_tokens)) if self.edge_rounds > 1 else None
         if reduce == "sum":
-            return node_ll.sum() + edge_ll.sum()
+            total = node_ll.sum()
+            for t in range(self.edge_rounds):
+                now = rounds == t
+                drawn = torch.where(rounds < t, edge_tokens, 0)
+                logits = self.refiner.edge_logits(h, pairs, node_tokens, drawn, tri)
+                total = total + (-F.cross_entropy(logits[now], edge_tokens[now], reduction="sum"))
+            return total
+        if len(pairs):
+            levels = int(batch.max()) + 1
+            gen = rng if rng is not None else np.random.default_rng()
+            upto = torch.as_tensor(gen.integers(0, self.edge_rounds, levels))[pair_graph]
+            drawn = torch.where(rounds < upto, edge_tokens, 0)
+            logits = self.refiner.edge_logits(h, pairs, node_tokens, drawn, tri)
+            scored = rounds >= upto
+            edge_ll = -F.cross_entropy(logits[scored], edge_tokens[scored], reduction="none")
+        else:
+            edge_ll = node_ll[:0]
         return node_ll.mean(), (edge_ll.mean() if len(edge_ll) else node_ll.new_zeros(())), node_logits, node_tokens
 
     def loss(self, batch, generator: torch.Generator | None = None):
@@ -169,7 +270,7 @@ class GraphScaleModel(nn.Module):
         rng = np.random.default_rng(seed)  # a fresh random coarsening of every graph, every step
         pyramids = [build_pyramid(g.num_nodes, g.edges, rng, **self.pyramid_kw) for g in batch]
         node_ll, edge_ll, node_logits, node_tokens = self.token_log_likelihood(
-            pyramids, [g.num_nodes for g in batch])
+            pyramids, [g.num_nodes for g in batch], rng=rng)
         loss = -(node_ll + edge_ll)
         acc = (node_logits.argmax(1) == node_tokens).float().mean()
         return loss, {"node_nll": float(-node_ll.detach()), "edge_nll": float(-edge_ll.detach()),
@@ -203,18 +304,33 @@ class GraphScaleModel(nn.Module):
         h, node_logits = self.refiner(x, edge_index, batch)
         B = len(state["n"])
         node_dense, _ = to_dense_batch(node_logits, batch, batch_size=B)
-        state["_level"] = (h, pairs, pair_graph, batch)
+        rounds = edge_rounds(np.concatenate(state["prio"]), pairs, self.edge_rounds)
+        tri = triangles(pairs, len(batch)) if self.edge_rounds > 1 else None
+        state["_level"] = (h, pairs, pair_graph, batch, rounds, tri)
         edges_max = max([len(e) for e in state["edges"]] + [1])
-        # edge logits need the drawn node tokens: filled in by condition_logits
-        return {"node": Prediction("index", node_dense.unsqueeze(2)),
-                "edge": Prediction("index", node_dense.new_zeros(B, edges_max, 1, 16))}
+        # edge logits need the drawn node tokens (and earlier rounds): filled in by condition_logits
+        out = {"node": Prediction("index", node_dense.unsqueeze(2))}
+        for t in range(self.edge_rounds):
+            out[f"edge{t}"] = Prediction("index", node_dense.new_zeros(B, edges_max, 1, 16))
+        return out
+
+    def _flat_edges(self, drawn, state, upto: int) -> torch.Tensor:
+        """Edge patterns [m] of the batch drawn in rounds before ``upto`` (0 elsewhere)."""
+        _, pairs, pair_graph, _, rounds, _ = state["_level"]
+        local = self._local_index(pair_graph) if len(pairs) else pair_graph
+        flat = torch.zeros(len(pairs), dtype=torch.long)
+        for t in range(upto):
+            if f"edge{t}" in drawn:
+                now = rounds == t
+                flat[now] = drawn[f"edge{t}"].squeeze(2)[pair_graph[now], local[now]].long()
+        return flat
 
     def condition_logits(self, name, value, drawn, state):
-        if name != "edge":
+        if not name.startswith("edge"):
             return value
-        h, pairs, pair_graph, batch = state["_level"]
+        h, pairs, pair_graph, batch, rounds, tri = state["_level"]
         node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
-        logits = self.refiner.edge_logits(h, pairs, node_flat)
+        logits = self.refiner.edge_logits(h, pairs, node_flat, self._flat_edges(drawn, state, int(name[4:])), tri)
         out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
                                 max_num_nodes=value.shape[1])
         return out.unsqueeze(2)
@@ -225,17 +341,46 @@ class GraphScaleModel(nn.Module):
         starts = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
         return torch.arange(len(group)) - starts[group]
 
-    def add_band(self, state, tokens, k):
-        node_all, edge_all = tokens["node"].squeeze(2), tokens["edge"].squeeze(2)
+    def _compose_row(self, state, tokens, i):
+        """Graph i of the batch composed with its drawn tokens: (n, edges, cluster, slot)."""
+        n, edges = state["n"][i], state["edges"][i]
+        nt = tokens["node"][i, :n, 0].numpy().astype(np.int64).copy()
+        et = tokens["edge"][i, :len(edges)].numpy().astype(np.int64).copy()
+        nt, et = fit_to_target(nt, et, edges, state["prio"][i], state["target"][i] - n)
+        return compose(n, edges, nt, et)
+
+    def band_ok(self, state, tokens, k) -> torch.Tensor:
+        """Which graphs stay inside ``constraint`` once composed with their tokens.
+
+        Contracting an edge keeps a graph planar, a forest, connected: every level of a valid
+        graph's pyramid is valid too, so a level that breaks the property can be drawn again."""
+        ok = torch.ones(len(state["n"]), dtype=torch.bool)
+        if self.constraint is None:
+            return ok
+        tokens = self._joined(tokens, state)
         for i in range(len(state["n"])):
-            n, target = state["n"][i], state["target"][i]
-            if n >= target:
+            if state["n"][i] < state["target"][i]:
+                n, edges, _, _ = self._compose_row(state, tokens, i)
+                ok[i] = satisfies(n, edges, self.constraint)
+        return ok
+
+    def _joined(self, tokens, state) -> dict:
+        """Node tokens and the edge patterns of all rounds, [B, m_max] (rows of the batch)."""
+        _, pairs, pair_graph, _, _, _ = state["_level"]
+        flat = self._flat_edges(tokens, state, self.edge_rounds)
+        B = len(state["n"])
+        edges = torch.zeros(B, max([len(e) for e in state["edges"]] + [1]), dtype=torch.long)
+        if len(pairs):
+            edges[pair_graph, self._local_index(pair_graph)] = flat
+        return {"node": tokens["node"], "edge": edges}
+
+    def add_band(self, state, tokens, k):
+        tokens = self._joined(tokens, state)
+        for i in range(len(state["n"])):
+            if state["n"][i] >= state["target"][i]:
                 continue
-            edges, prio = state["edges"][i], state["prio"][i]
-            nt = node_all[i, :n].numpy().astype(np.int64).copy()
-            et = edge_all[i, :len(edges)].numpy().astype(np.int64).copy()
-            nt, et = fit_to_target(nt, et, edges, prio, target - n)
-            fn, fe, cluster, slot = compose(n, edges, nt, et)
+            prio = state["prio"][i]
+            fn, fe, cluster, slot = self._compose_row(state, tokens, i)
             child_prio = remix_priorities(prio[cluster])
             child_prio[slot == 1] = remix_priorities(child_prio[slot == 1])
             state["n"][i], state["edges"][i], state["prio"][i] = fn, fe, child_prio
@@ -244,6 +389,23 @@ class GraphScaleModel(nn.Module):
 
     def finish(self, state) -> list[Graph]:
         return [Graph(n, e) for n, e in zip(state["n"], state["edges"])]
+
+
+CONSTRAINTS = (None, "connected", "tree", "planar")
+
+
+def satisfies(n: int, edges: np.ndarray, constraint: str) -> bool:
+    """Whether a graph is connected and, for ``tree`` / ``planar``, a tree / planar."""
+    g = nx.Graph()
+    g.add_nodes_from(range(n))
+    g.add_edges_from(np.asarray(edges).tolist())
+    if not nx.is_connected(g):
+        return False
+    if constraint == "tree":
+        return g.number_of_edges() == n - 1
+    if constraint == "planar":
+        return nx.check_planarity(g)[0]
+    return True
 
 
 def fit_to_target(nt, et, edges, prio, budget: int):

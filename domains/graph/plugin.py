@@ -56,8 +56,12 @@ def c2f_load_data(cfg, split):
 @hookimpl
 def c2f_model(cfg, data):
     d = cfg.domain
+    constraint = d.get("constrain")
+    if constraint == "auto":
+        constraint = {"planar": "planar", "tree": "tree"}.get(validity_kind(cfg), "connected")
     return GraphScaleModel(max_levels=d.max_levels, two_hop=d.two_hop, slot_rule=d.slot_rule,
-                           max_fraction=d.max_fraction, **d.model)
+                           max_fraction=d.max_fraction, constraint=constraint,
+                           edge_rounds=d.get("edge_rounds", 1), **d.model)
 
 
 @hookimpl

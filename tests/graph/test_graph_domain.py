@@ -10,7 +10,8 @@ from core.plugins import get_domain
 from core.sampler import CoarseToFineSampler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens
 from domains.graph.data import Graph, GraphDataError, load_graph_split, save_graph_splits
-from domains.graph.model import TRANSPOSE, GraphScaleModel, fit_to_target, level_features
+from domains.graph.model import (TRANSPOSE, GraphScaleModel, edge_rounds, fit_to_target,
+                                 level_features, satisfies, triangles)
 
 TINY = ["domain=graph", "progress=false", "domain.model.d_model=16", "domain.model.layers=1",
         "domain.model.heads=2", "train.batch_size=4", "sample.num_samples=4", "sample.batch_size=4"]
@@ -59,8 +60,10 @@ def test_refiner_is_permutation_equivariant(real_tree):
         assert torch.allclose(other, expected, atol=1e-5)
 
 
-def test_log_likelihood_is_invariant_to_relabelling(real_tree):
-    model = tiny_model()
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_log_likelihood_is_invariant_to_relabelling(real_tree, rounds):
+    torch.manual_seed(0)
+    model = GraphScaleModel(d_model=32, layers=2, heads=2, edge_rounds=rounds).eval()
     prio = np.random.default_rng(2).random(real_tree.num_nodes)
     perm = np.random.default_rng(3).permutation(real_tree.num_nodes)
     relabelled = Graph.from_edge_list(real_tree.num_nodes, perm[real_tree.edges], strict=False)
@@ -93,6 +96,46 @@ def test_sampling_makes_one_call_per_level_and_hits_the_size():
     assert nfe == len(calls) and 6 <= nfe <= model.num_scales  # at least log2(64) levels
     again, _ = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
     assert all(np.array_equal(a.edges, b.edges) for a, b in zip(graphs, again))
+
+
+def test_triangles_list_every_triangle_with_its_side_edges():
+    pairs = torch.tensor([[0, 1], [0, 2], [1, 2], [1, 3], [2, 3], [3, 4]])
+    edge, p_edge, p_first, q_edge, q_first, apex = triangles(pairs, 5)
+    found = sorted((int(e), int(w)) for e, w in zip(edge, apex))
+    # triangles 0-1-2 and 1-2-3: each of their edges once per triangle, with the opposite apex
+    assert found == sorted([(0, 2), (1, 1), (2, 0), (2, 3), (3, 2), (4, 1)])
+    for e, pe, pf, qe, qf, w in zip(edge, p_edge, p_first, q_edge, q_first, apex):
+        p, q = pairs[e].tolist()
+        assert sorted(pairs[pe].tolist()) == sorted([p, int(w)]) and bool(pf) == (p < w)
+        assert sorted(pairs[qe].tolist()) == sorted([q, int(w)]) and bool(qf) == (q < w)
+
+
+def test_edge_rounds_travel_with_the_nodes():
+    prio = np.random.default_rng(0).random(6)
+    pairs = torch.tensor([[0, 1], [1, 2], [2, 5], [3, 4]])
+    perm = np.array([5, 3, 0, 1, 2, 4])
+    p_prio = np.empty_like(prio)
+    p_prio[perm] = prio
+    p_pairs = torch.as_tensor(np.sort(perm[pairs.numpy()], axis=1))
+    assert edge_rounds(prio, pairs, 4).tolist() == edge_rounds(p_prio, p_pairs, 4).tolist()
+    assert edge_rounds(prio, pairs, 1).tolist() == [0, 0, 0, 0]
+
+
+def test_constrained_draws_keep_every_sample_a_tree():
+    torch.manual_seed(0)
+    model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=2, constraint="tree").eval()
+    cond = torch.tensor([10, 12, 6])
+    plain, nfe = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    stats = {}
+    graphs, nfe_c = generate(model, CoarseToFineSampler(max_redraws=200), cond, member_seeds(0, cond), stats)
+    assert nfe_c <= model.num_scales and stats["redraws"] > 0
+    assert not all(satisfies(g.num_nodes, g.edges, "tree") for g in plain)  # untrained: rarely trees
+    assert all(satisfies(g.num_nodes, g.edges, "tree") for g in graphs)
+    # a sample does not depend on the rest of its batch
+    alone, _ = generate(model, CoarseToFineSampler(max_redraws=200), cond[1:2], member_seeds(0, cond)[1:2])
+    assert np.array_equal(alone[0].edges, graphs[1].edges)
+    with pytest.raises(ValueError, match="two_hop"):
+        GraphScaleModel(constraint="planar", two_hop=True)
 
 
 def test_loss_trains_down_on_real_trees(shared_data):
