@@ -282,7 +282,6 @@ def plots(rows, shift_rows, tokenizers, args, doc: Path) -> list[str]:
 
 def write_doc(rows, shift_rows, tokenizers, args, total_seconds: float):
     doc = Path(args.doc)
-    doc_dir = doc.parent
     images = plots(rows, shift_rows, tokenizers, args, doc)
     floor = next((r["m"] for r in rows if "floor_fd" in r["m"] and r["m"]["samples"] == args.samples), {})
     lines = ["# MNIST: levers of the refiner, baselines, noise shift", "",

@@ -14,8 +14,9 @@ This is the protocol the sampler, trainer and CLI drive; a domain with its own s
   prediction on the tokens already drawn at the same scale (graphs: edge patterns given the node
   tokens, from the same backbone features), and ``is_done(state)`` for models of variable depth (at most
   ``num_scales`` calls; sampling stops as soon as it returns True).
-* optionally ``band_ok(state, tokens, k) -> bool [batch]``: whether each sample's tokens of scale
-  k keep the state inside a known valid set; with ``sample.max_redraws`` the sampler draws the
+* optionally ``band_ok(state, tokens, k, rows) -> bool [batch]``: whether each sample selected by
+  the mask ``rows`` keeps the state inside a known valid set with its tokens of scale k (samples
+  outside ``rows`` are reported as passing); with ``sample.max_redraws`` the sampler draws the
   failing ones again from the same prediction (``core.sampler``, constrained draws).
 * optionally ``perturb(state, k, sigma, generators) -> state`` for the sampler's noise shift: add
   Gaussian noise of relative size sigma to the state after scale k, drawing member i's noise from

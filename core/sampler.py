@@ -25,8 +25,9 @@ Relative noise makes a latent and a data-space pyramid comparable. The shift noi
 generators of its own, so the token draws are those of the unshifted run: ``shift_sigma=0`` gives
 exactly the unshifted samples, and a sigma grid compares like with like.
 
-Constrained draws: a model with ``band_ok(state, tokens, k) -> bool [batch]`` says which samples'
-tokens of scale k keep the state inside a known valid set (graphs: every level of a planar graph's
+Constrained draws: a model with ``band_ok(state, tokens, k, rows) -> bool [batch]`` says which of
+the samples in ``rows`` (a mask; the others count as passing) keep the state inside a known valid
+set with their tokens of scale k (graphs: every level of a planar graph's
 pyramid is planar). With ``max_redraws=R`` the tokens of a failing sample are drawn again from the
 same refiner output, up to R times (no extra refiner call; the last draw is kept if none passes).
 Redraws use generators of their own, seeded by (sample seed, scale, attempt), so a sample does not
@@ -209,10 +210,12 @@ def _redraw(model, sampler, band_ok, state, tokens, predictions, k, seeds, condi
     """Draw the tokens of failing samples again (see "Constrained draws" above)."""
     B = len(seeds)
 
-    def passing(tok):
-        return torch.as_tensor(band_ok(state, tok, k), dtype=torch.bool)[:B]
+    def passing(tok, rows):  # only the rows still failing are checked again
+        if sampler.guided:
+            rows = torch.cat([rows, torch.zeros_like(rows)])
+        return torch.as_tensor(band_ok(state, tok, k, rows), dtype=torch.bool)[:B]
 
-    ok, count = passing(tokens), 0
+    ok, count = passing(tokens, torch.ones(B, dtype=torch.bool)), 0
     for attempt in range(sampler.max_redraws):
         if bool(ok.all()):
             break
@@ -224,6 +227,5 @@ def _redraw(model, sampler, band_ok, state, tokens, predictions, k, seeds, condi
         keep = torch.cat([ok, ok]) if sampler.guided else ok
         candidate = {name: torch.where(keep.view(-1, *[1] * (t.dim() - 1)), t, again[name])
                      for name, t in tokens.items()}
-        now_ok = passing(candidate)
-        tokens, ok = candidate, ok | now_ok
+        tokens, ok = candidate, ok | passing(candidate, ~ok)
     return tokens, count

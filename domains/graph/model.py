@@ -85,7 +85,7 @@ def triangles(pairs: torch.Tensor, num_nodes: int):
     return t(pos), t(eid[i]), torch.as_tensor(a < apex), t(eid[j]), torch.as_tensor(b < apex), t(apex)
 
 
-def edge_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Tensor:
+def draw_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Tensor:
     """The round (0..rounds-1) in which each edge's pattern is drawn: a pseudo-random function
     of the two priorities, symmetric, so the order travels with the nodes (equivariance)."""
     if len(pairs) == 0:
@@ -233,7 +233,7 @@ class GraphScaleModel(nn.Module):
             [t for _, _, t, _ in items], [k for _, _, _, k in items], self.refiner.rw_steps)
         node_tokens = torch.as_tensor(np.concatenate([f.node_tokens for _, f, _, _ in items]), dtype=torch.long)
         edge_tokens = torch.as_tensor(np.concatenate([f.edge_tokens for _, f, _, _ in items]), dtype=torch.long)
-        rounds = edge_rounds(np.concatenate(prio), pairs, self.edge_rounds)
+        rounds = draw_rounds(np.concatenate(prio), pairs, self.edge_rounds)
         return x, edge_index, batch, pairs, pair_graph, node_tokens, edge_tokens, rounds
 
     def token_log_likelihood(self, pyramids, targets, reduce: str = "mean", rng=None):
@@ -255,7 +255,7 @@ class GraphScaleModel(nn.Module):
             return total
         if len(pairs):
             levels = int(batch.max()) + 1
-            gen = rng if rng is not None else np.random.default_rng()
+            gen = rng if rng is not None else np.random.default_rng(0)
             upto = torch.as_tensor(gen.integers(0, self.edge_rounds, levels))[pair_graph]
             drawn = torch.where(rounds < upto, edge_tokens, 0)
             logits = self.refiner.edge_logits(h, pairs, node_tokens, drawn, tri)
@@ -304,9 +304,10 @@ class GraphScaleModel(nn.Module):
         h, node_logits = self.refiner(x, edge_index, batch)
         B = len(state["n"])
         node_dense, _ = to_dense_batch(node_logits, batch, batch_size=B)
-        rounds = edge_rounds(np.concatenate(state["prio"]), pairs, self.edge_rounds)
+        rounds = draw_rounds(np.concatenate(state["prio"]), pairs, self.edge_rounds)
         tri = triangles(pairs, len(batch)) if self.edge_rounds > 1 else None
-        state["_level"] = (h, pairs, pair_graph, batch, rounds, tri)
+        pair_local = self._local_index(pair_graph) if len(pairs) else pair_graph  # row of each edge
+        state["_level"] = (h, pairs, pair_graph, pair_local, batch, rounds, tri)
         edges_max = max([len(e) for e in state["edges"]] + [1])
         # edge logits need the drawn node tokens (and earlier rounds): filled in by condition_logits
         out = {"node": Prediction("index", node_dense.unsqueeze(2))}
@@ -316,8 +317,7 @@ class GraphScaleModel(nn.Module):
 
     def _flat_edges(self, drawn, state, upto: int) -> torch.Tensor:
         """Edge patterns [m] of the batch drawn in rounds before ``upto`` (0 elsewhere)."""
-        _, pairs, pair_graph, _, rounds, _ = state["_level"]
-        local = self._local_index(pair_graph) if len(pairs) else pair_graph
+        _, pairs, pair_graph, local, _, rounds, _ = state["_level"]
         flat = torch.zeros(len(pairs), dtype=torch.long)
         for t in range(upto):
             if f"edge{t}" in drawn:
@@ -328,7 +328,7 @@ class GraphScaleModel(nn.Module):
     def condition_logits(self, name, value, drawn, state):
         if not name.startswith("edge"):
             return value
-        h, pairs, pair_graph, batch, rounds, tri = state["_level"]
+        h, pairs, pair_graph, _, batch, _, tri = state["_level"]
         node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
         logits = self.refiner.edge_logits(h, pairs, node_flat, self._flat_edges(drawn, state, int(name[4:])), tri)
         out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
@@ -349,8 +349,8 @@ class GraphScaleModel(nn.Module):
         nt, et = fit_to_target(nt, et, edges, state["prio"][i], state["target"][i] - n)
         return compose(n, edges, nt, et)
 
-    def band_ok(self, state, tokens, k) -> torch.Tensor:
-        """Which graphs stay inside ``constraint`` once composed with their tokens.
+    def band_ok(self, state, tokens, k, rows) -> torch.Tensor:
+        """Which graphs of ``rows`` stay inside ``constraint`` once composed with their tokens.
 
         Contracting an edge keeps a graph planar, a forest, connected: every level of a valid
         graph's pyramid is valid too, so a level that breaks the property can be drawn again."""
@@ -358,7 +358,7 @@ class GraphScaleModel(nn.Module):
         if self.constraint is None:
             return ok
         tokens = self._joined(tokens, state)
-        for i in range(len(state["n"])):
+        for i in torch.as_tensor(rows).nonzero().flatten().tolist():
             if state["n"][i] < state["target"][i]:
                 n, edges, _, _ = self._compose_row(state, tokens, i)
                 ok[i] = satisfies(n, edges, self.constraint)
@@ -366,12 +366,12 @@ class GraphScaleModel(nn.Module):
 
     def _joined(self, tokens, state) -> dict:
         """Node tokens and the edge patterns of all rounds, [B, m_max] (rows of the batch)."""
-        _, pairs, pair_graph, _, _, _ = state["_level"]
+        _, pairs, pair_graph, local, _, _, _ = state["_level"]
         flat = self._flat_edges(tokens, state, self.edge_rounds)
         B = len(state["n"])
         edges = torch.zeros(B, max([len(e) for e in state["edges"]] + [1]), dtype=torch.long)
         if len(pairs):
-            edges[pair_graph, self._local_index(pair_graph)] = flat
+            edges[pair_graph, local] = flat
         return {"node": tokens["node"], "edge": edges}
 
     def add_band(self, state, tokens, k):

@@ -10,7 +10,7 @@ from core.plugins import get_domain
 from core.sampler import CoarseToFineSampler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens
 from domains.graph.data import Graph, GraphDataError, load_graph_split, save_graph_splits
-from domains.graph.model import (TRANSPOSE, GraphScaleModel, edge_rounds, fit_to_target,
+from domains.graph.model import (TRANSPOSE, GraphScaleModel, draw_rounds, fit_to_target,
                                  level_features, satisfies, triangles)
 
 TINY = ["domain=graph", "progress=false", "domain.model.d_model=16", "domain.model.layers=1",
@@ -117,8 +117,8 @@ def test_edge_rounds_travel_with_the_nodes():
     p_prio = np.empty_like(prio)
     p_prio[perm] = prio
     p_pairs = torch.as_tensor(np.sort(perm[pairs.numpy()], axis=1))
-    assert edge_rounds(prio, pairs, 4).tolist() == edge_rounds(p_prio, p_pairs, 4).tolist()
-    assert edge_rounds(prio, pairs, 1).tolist() == [0, 0, 0, 0]
+    assert draw_rounds(prio, pairs, 4).tolist() == draw_rounds(p_prio, p_pairs, 4).tolist()
+    assert draw_rounds(prio, pairs, 1).tolist() == [0, 0, 0, 0]
 
 
 def test_constrained_draws_keep_every_sample_a_tree():
