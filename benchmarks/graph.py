@@ -26,10 +26,11 @@ sys.path.insert(0, str(REPO))
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
 
-# at most 15% of the nodes merge per level (about 24 levels for 64 nodes): fewer simultaneous
-# expansions per refiner call; edge patterns in 8 rounds; batches of 6 graphs (x 24 levels)
-SETTINGS = ["domain.max_fraction=0.15", "domain.max_levels=40", "domain.edge_rounds=8",
-            "train.batch_size=6"]
+# separated pyramid (no two merged pairs adjacent: a level's node splits do not interact, about
+# 17 levels for 64 planar nodes); edge patterns in 64 rounds through an edge head with 4 triangle
+# layers (only the head re-runs between rounds); batches of 6 graphs (x their levels)
+SETTINGS = ["domain.separated=true", "domain.max_fraction=0.5", "domain.max_levels=40",
+            "domain.edge_rounds=64", "domain.model.edge_layers=4", "train.batch_size=6"]
 
 PUBLISHED = {  # V.U.N. % / ratio, from the shared data README (40 samples vs 40 test graphs)
     "GRAN": {"planar": (0, 2.0), "tree": (0, 607), "sbm": (25, 9.7)},

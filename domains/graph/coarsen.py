@@ -276,8 +276,12 @@ def _pair_order(pairs: np.ndarray, common: np.ndarray, deg: np.ndarray, prio: np
 
 
 def _greedy(pairs: np.ndarray, order: np.ndarray, taken: bytearray, budget: int,
-            out_a: list, out_b: list) -> None:
-    """Sequential greedy matching over ``pairs[order]``; marks nodes in ``taken``."""
+            out_a: list, out_b: list, blocked: bytearray | None = None,
+            neighbours: list | None = None) -> None:
+    """Sequential greedy matching over ``pairs[order]``; marks nodes in ``taken``.
+
+    With ``blocked``/``neighbours`` (separated matching) the neighbours of a merged pair are
+    blocked: they stay single, so no two merged pairs are adjacent."""
     if budget <= 0:
         return
     us = pairs[order, 0].tolist()
@@ -285,6 +289,13 @@ def _greedy(pairs: np.ndarray, order: np.ndarray, taken: bytearray, budget: int,
     for a, b in zip(us, vs):
         if taken[a] or taken[b]:
             continue
+        if blocked is not None:
+            if blocked[a] or blocked[b]:
+                continue
+            for w in neighbours[a]:
+                blocked[w] = 1
+            for w in neighbours[b]:
+                blocked[w] = 1
         taken[a] = 1
         taken[b] = 1
         out_a.append(a)
@@ -298,14 +309,16 @@ SLOT_RULES = ("degree", "priority")
 
 
 def coarsen(num_nodes, edges, prio, *, max_fraction: float = 0.5,
-            two_hop: bool = True, slot_rule: str = "degree") -> Coarsening:
+            two_hop: bool = True, slot_rule: str = "degree", separated: bool = False) -> Coarsening:
     """Contract one greedy matching of the graph (see the module docstring for the rule).
 
     ``prio`` holds one distinct real priority per node (iid uniform in practice).
     ``max_fraction`` caps the number of merged pairs at ``floor(max_fraction * n)`` (at least
     one, so every level shrinks); the default 0.5 allows a maximal matching. ``two_hop`` also
-    pairs unmatched nodes with a common neighbour. A graph with a single node is returned
-    unchanged (one coarse node, one child).
+    pairs unmatched nodes with a common neighbour. ``separated`` merges only pairs that are
+    not adjacent to another merged pair (an induced matching): every expansion of the level is
+    then the split of a node whose neighbours all stay single, so the splits do not interact.
+    A graph with a single node is returned unchanged (one coarse node, one child).
     """
     n, e = check_graph(num_nodes, edges)
     p = _check_prio(prio, n)
@@ -318,10 +331,18 @@ def coarsen(num_nodes, edges, prio, *, max_fraction: float = 0.5,
     pa: list[int] = []
     pb: list[int] = []
 
+    blocked = neighbours = None
+    if separated and len(e):
+        blocked = bytearray(n)
+        both = np.concatenate([e, e[:, ::-1]])
+        both = both[np.argsort(both[:, 0], kind="stable")]
+        split_at = np.cumsum(np.bincount(both[:, 0], minlength=n))[:-1]
+        neighbours = [x.tolist() for x in np.split(both[:, 1], split_at)]
     if len(e) and budget:
         nb = _Neighbourhoods(n, e)
         common = nb.common(e)
-        _greedy(e, _pair_order(e, common, deg, p, adjacent=True), taken, budget, pa, pb)
+        _greedy(e, _pair_order(e, common, deg, p, adjacent=True), taken, budget, pa, pb,
+                blocked, neighbours)
 
         if two_hop and len(pa) < budget:
             free = np.frombuffer(bytes(taken), dtype=np.uint8) == 0
@@ -330,7 +351,7 @@ def coarsen(num_nodes, edges, prio, *, max_fraction: float = 0.5,
                 pairs, common2 = nb.two_hop_pairs(cand)
                 if len(pairs):
                     order = _pair_order(pairs, common2, deg, p, adjacent=False)
-                    _greedy(pairs, order, taken, budget - len(pa), pa, pb)
+                    _greedy(pairs, order, taken, budget - len(pa), pa, pb, blocked, neighbours)
 
     if len(pa) < budget:  # isolated unmatched nodes pair up by priority
         free = np.frombuffer(bytes(taken), dtype=np.uint8) == 0
@@ -582,7 +603,7 @@ class GraphPyramid:
 
 def build_pyramid(num_nodes, edges, rng_or_prio=None, max_levels: int | None = None, *,
                   max_fraction: float = 0.5, two_hop: bool = True,
-                  slot_rule: str = "degree") -> GraphPyramid:
+                  slot_rule: str = "degree", separated: bool = False) -> GraphPyramid:
     """Coarsen a graph down to a single node and record the exact detail tokens of every step.
 
     ``rng_or_prio`` is either the finest priorities (array of n distinct reals) or a seed /
@@ -608,7 +629,8 @@ def build_pyramid(num_nodes, edges, rng_or_prio=None, max_levels: int | None = N
     steps: list[Coarsening] = []
     while graphs[-1][0] > 1 and (max_levels is None or len(graphs) < max_levels):
         gn, ge, gp = graphs[-1]
-        c = coarsen(gn, ge, gp, max_fraction=max_fraction, two_hop=two_hop, slot_rule=slot_rule)
+        c = coarsen(gn, ge, gp, max_fraction=max_fraction, two_hop=two_hop, slot_rule=slot_rule,
+                    separated=separated)
         if c.num_nodes >= gn:  # cannot happen: every level merges at least one pair
             raise RuntimeError(f"coarsening did not shrink a graph of {gn} nodes")
         cp = remix_priorities(gp[c.children[:, 0]])

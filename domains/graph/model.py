@@ -127,6 +127,24 @@ def level_features(n_list, edge_list, prio_list, targets, steps, rw_steps: int):
     return x, edge_index, batch, pairs, pair_graph
 
 
+class TriangleLayer(nn.Module):
+    """Message passing between directed edges that share a triangle: edge P -> Q reads, for
+    every apex W, the edges P -> W (its tail's side) and Q -> W (its head's side)."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.message = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+        self.update = nn.Sequential(nn.Linear(2 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
+
+    def forward(self, state, tail_side, head_side, target):
+        z = self.norm(state)
+        msg = self.message(torch.cat([z[tail_side], z[head_side]], 1))
+        total = torch.zeros_like(state).index_add_(0, target, msg)
+        count = torch.bincount(target, minlength=len(state)).clamp(min=1)
+        return state + self.update(torch.cat([z, total / count[:, None]], 1))
+
+
 class GraphRefiner(nn.Module):
     """GPS stack -> node-token logits [n, 3]; edge-pattern logits [m, 16] given node tokens.
 
@@ -138,8 +156,10 @@ class GraphRefiner(nn.Module):
     """
 
     def __init__(self, d_model: int = 96, layers: int = 4, heads: int = 4, rw_steps: int = 8,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, edge_layers: int = 0):
         super().__init__()
+        if edge_layers < 0:
+            raise ValueError(f"edge_layers must be >= 0, got {edge_layers}")
         self.rw_steps = rw_steps
         in_features = rw_steps + 1 + 8 + 4
         self.inp = nn.Sequential(nn.Linear(in_features, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
@@ -155,6 +175,11 @@ class GraphRefiner(nn.Module):
         self.slot_emb = nn.Embedding(4, d_model)
         self.triangle_emb = nn.Embedding(4 * 4 * 3, d_model)
         self.edge_head = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, 16))
+        # between the head's two layers: message passing between the edges of each triangle, so
+        # that an edge sees the patterns drawn further around both of its ends (several hops
+        # along a planar node's rotation), not only its direct neighbours
+        self.pattern_emb = nn.Embedding(16, d_model) if edge_layers else None
+        self.edge_layers = nn.ModuleList(TriangleLayer(d_model) for _ in range(edge_layers))
 
     def forward(self, x, edge_index, batch):
         """Backbone features [n, d] and node-token logits [n, 3]."""
@@ -163,12 +188,12 @@ class GraphRefiner(nn.Module):
             h = layer(h, edge_index, batch)
         return h, self.node_head(h)
 
-    def edge_logits(self, h, pairs, node_tokens, drawn=None, triangles=None):
+    def edge_logits(self, h, pairs, node_tokens, drawn=None, tri=None):
         """Logits of the pattern of every coarse edge, symmetric in its orientation and masked
         to the patterns the two ends' child counts allow.
 
         ``drawn`` [m]: patterns of the edges drawn in earlier rounds (0 = not yet), with the
-        coarse graph's ``triangles`` (see ``triangles``): the later rounds of a level see which
+        coarse graph's triangles ``tri`` (see ``triangles``): the later rounds of a level see which
         child each neighbour already joined, so that a node's neighbours split between its two
         children consistently (around a planar node: two arcs, not a random subset)."""
         node_tok = self.token_emb(node_tokens)
@@ -180,15 +205,32 @@ class GraphRefiner(nn.Module):
         hp = h[pairs[:, 0]] + node_tok[pairs[:, 0]] + node_ctx[pairs[:, 0]]
         hq = h[pairs[:, 1]] + node_tok[pairs[:, 1]] + node_ctx[pairs[:, 1]]
         tri_fwd = tri_bwd = torch.zeros_like(hp)
-        if triangles is not None and len(triangles[0]):
-            edge, p_edge, p_first, q_edge, q_first, apex = triangles
+        if tri is None and len(self.edge_layers):
+            tri = triangles(pairs, len(h))
+        if tri is not None and len(tri[0]):
+            edge, p_edge, p_first, q_edge, q_first, apex = tri
             sp = torch.where(p_first, FIRST_SLOTS[drawn[p_edge]], SECOND_SLOTS[drawn[p_edge]])
             sq = torch.where(q_first, FIRST_SLOTS[drawn[q_edge]], SECOND_SLOTS[drawn[q_edge]])
             tok = node_tokens[apex]
             tri_fwd = tri_fwd.index_add(0, edge, self.triangle_emb(12 * sp + 3 * sq + tok))
             tri_bwd = tri_bwd.index_add(0, edge, self.triangle_emb(12 * sq + 3 * sp + tok))
-        forward_ = self.edge_head(torch.cat([hp, hq, tri_fwd], 1))
-        backward = self.edge_head(torch.cat([hq, hp, tri_bwd], 1))[:, TRANSPOSE]
+        first_layer, act, last_layer = self.edge_head
+        m = len(pairs)
+        state = first_layer(torch.cat([torch.cat([hp, hq, tri_fwd], 1), torch.cat([hq, hp, tri_bwd], 1)]))
+        if len(self.edge_layers):
+            # directed edges: row r is P -> Q, row m + r is Q -> P (patterns read from its tail)
+            state = state + self.pattern_emb(torch.cat([drawn, TRANSPOSE[drawn]]))
+            if len(tri[0]):
+                edge, p_edge, p_first, q_edge, q_first, _ = tri
+                p_dir = torch.where(p_first, p_edge, p_edge + m)  # P -> W
+                q_dir = torch.where(q_first, q_edge, q_edge + m)  # Q -> W
+                target = torch.cat([edge, edge + m])
+                tail_side = torch.cat([p_dir, q_dir])
+                head_side = torch.cat([q_dir, p_dir])
+                for layer in self.edge_layers:
+                    state = layer(state, tail_side, head_side, target)
+        out = last_layer(act(state))
+        forward_, backward = out[:m], out[m:][:, TRANSPOSE]
         two = (node_tokens > 0).long()
         allowed = VALID[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
         return (0.5 * (forward_ + backward)).masked_fill(~allowed, float("-inf"))
@@ -202,7 +244,7 @@ class GraphScaleModel(nn.Module):
 
     def __init__(self, max_levels: int = 24, two_hop: bool = False, slot_rule: str = "degree",
                  max_fraction: float = 0.5, constraint: str | None = None, edge_rounds: int = 1,
-                 **refiner_kw):
+                 separated: bool = False, **refiner_kw):
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise ValueError(f"unknown graph constraint '{constraint}'; choose one of {CONSTRAINTS}")
@@ -215,7 +257,12 @@ class GraphScaleModel(nn.Module):
         self.constraint = constraint
         self.edge_rounds = int(edge_rounds)
         self.max_levels = max_levels
-        self.pyramid_kw = {"two_hop": two_hop, "slot_rule": slot_rule, "max_fraction": max_fraction}
+        self.pyramid_kw = {"two_hop": two_hop, "slot_rule": slot_rule, "max_fraction": max_fraction,
+                           "separated": bool(separated)}
+
+    @property
+    def _needs_triangles(self) -> bool:
+        return self.edge_rounds > 1 or len(self.refiner.edge_layers) > 0
 
     @property
     def num_scales(self) -> int:
@@ -244,7 +291,7 @@ class GraphScaleModel(nn.Module):
             self._level_batch(pyramids, targets)
         h, node_logits = self.refiner(x, edge_index, batch)
         node_ll = -F.cross_entropy(node_logits, node_tokens, reduction="none")
-        tri = triangles(pairs, len(node_tokens)) if self.edge_rounds > 1 else None
+        tri = triangles(pairs, len(node_tokens)) if self._needs_triangles else None
         if reduce == "sum":
             total = node_ll.sum()
             for t in range(self.edge_rounds):
@@ -305,7 +352,7 @@ class GraphScaleModel(nn.Module):
         B = len(state["n"])
         node_dense, _ = to_dense_batch(node_logits, batch, batch_size=B)
         rounds = draw_rounds(np.concatenate(state["prio"]), pairs, self.edge_rounds)
-        tri = triangles(pairs, len(batch)) if self.edge_rounds > 1 else None
+        tri = triangles(pairs, len(batch)) if self._needs_triangles else None
         pair_local = self._local_index(pair_graph) if len(pairs) else pair_graph  # row of each edge
         state["_level"] = (h, pairs, pair_graph, pair_local, batch, rounds, tri)
         edges_max = max([len(e) for e in state["edges"]] + [1])
@@ -330,6 +377,9 @@ class GraphScaleModel(nn.Module):
             return value
         h, pairs, pair_graph, _, batch, _, tri = state["_level"]
         node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
+        if self.pyramid_kw["separated"]:
+            node_flat = torch.as_tensor(separate_splits(
+                node_flat.numpy().astype(np.int64), pairs.numpy(), np.concatenate(state["prio"])))
         logits = self.refiner.edge_logits(h, pairs, node_flat, self._flat_edges(drawn, state, int(name[4:])), tri)
         out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
                                 max_num_nodes=value.shape[1])
@@ -346,6 +396,8 @@ class GraphScaleModel(nn.Module):
         n, edges = state["n"][i], state["edges"][i]
         nt = tokens["node"][i, :n, 0].numpy().astype(np.int64).copy()
         et = tokens["edge"][i, :len(edges)].numpy().astype(np.int64).copy()
+        if self.pyramid_kw["separated"]:  # as the edge patterns were drawn (condition_logits)
+            nt = separate_splits(nt, edges, state["prio"][i])
         nt, et = fit_to_target(nt, et, edges, state["prio"][i], state["target"][i] - n)
         return compose(n, edges, nt, et)
 
@@ -406,6 +458,29 @@ def satisfies(n: int, edges: np.ndarray, constraint: str) -> bool:
     if constraint == "planar":
         return nx.check_planarity(g)[0]
     return True
+
+
+def separate_splits(nt, edges, prio) -> np.ndarray:
+    """Node tokens with no two expanding nodes adjacent, as in a separated pyramid: expanding
+    nodes are kept in order of priority, unless a kept neighbour expands already."""
+    nt = np.asarray(nt, dtype=np.int64).copy()
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    split = nt > 0
+    touching = split[edges[:, 0]] & split[edges[:, 1]]
+    if not touching.any():
+        return nt
+    clash = edges[touching]
+    neighbours = {}
+    for a, b in clash.tolist():
+        neighbours.setdefault(a, []).append(b)
+        neighbours.setdefault(b, []).append(a)
+    kept = set()
+    for v in sorted(neighbours, key=lambda v: prio[v]):
+        if any(w in kept for w in neighbours[v]):
+            nt[v] = 0
+        else:
+            kept.add(v)
+    return nt
 
 
 def fit_to_target(nt, et, edges, prio, budget: int):

@@ -61,7 +61,8 @@ def c2f_model(cfg, data):
         constraint = {"planar": "planar", "tree": "tree"}.get(validity_kind(cfg), "connected")
     return GraphScaleModel(max_levels=d.max_levels, two_hop=d.two_hop, slot_rule=d.slot_rule,
                            max_fraction=d.max_fraction, constraint=constraint,
-                           edge_rounds=d.get("edge_rounds", 1), **d.model)
+                           edge_rounds=d.get("edge_rounds", 1), separated=d.get("separated", False),
+                           **d.model)
 
 
 @hookimpl

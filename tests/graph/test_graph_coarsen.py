@@ -506,3 +506,27 @@ def test_speed_planar(graph_sets):
     assert elapsed < 5.0, f"{elapsed:.2f} s for 128 planar graphs"
     levels = [p.num_levels for p in pyrs]
     assert max(levels) <= 10  # 64 nodes: 7 levels is the minimum possible
+
+
+@pytest.mark.parametrize("max_fraction", [0.5, 0.15])
+def test_separated_merges_never_touch(graph_sets, max_fraction):
+    rng = np.random.default_rng(6)
+    for n, e in some_graphs(graph_sets, per_file=3):
+        prio = rng.random(n)
+        pi, pe, pp = permute(n, e, prio, rng)
+        a = build_pyramid(n, e, prio, two_hop=False, max_fraction=max_fraction, separated=True)
+        b = build_pyramid(n, pe, pp, two_hop=False, max_fraction=max_fraction, separated=True)
+        assert_levels_equal(a, b)
+        n2, e2, perm = a.compose()
+        assert n2 == n and np.array_equal(e2, relabel_edges(e, perm))
+        for k in range(2, a.num_levels + 1):
+            coarse, fine = a.level(k - 1), a.level(k)
+            split = fine.node_tokens > 0
+            assert split.any()
+            # no coarse edge joins two split nodes: every split sees only single neighbours
+            assert not np.any(split[coarse.edges[:, 0]] & split[coarse.edges[:, 1]])
+        # the plain matching does touch on these graphs, so the test is not vacuous
+        plain = build_pyramid(n, e, prio, two_hop=False, max_fraction=max_fraction)
+        if n > 20 and len(e) > n:
+            assert any(np.any((lv.node_tokens > 0)[c.edges[:, 0]] & (lv.node_tokens > 0)[c.edges[:, 1]])
+                       for c, lv in zip(plain.levels[:-1], plain.levels[1:]))

@@ -11,7 +11,7 @@ from core.sampler import CoarseToFineSampler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens
 from domains.graph.data import Graph, GraphDataError, load_graph_split, save_graph_splits
 from domains.graph.model import (TRANSPOSE, GraphScaleModel, draw_rounds, fit_to_target,
-                                 level_features, satisfies, triangles)
+                                 level_features, satisfies, separate_splits, triangles)
 
 TINY = ["domain=graph", "progress=false", "domain.model.d_model=16", "domain.model.layers=1",
         "domain.model.heads=2", "train.batch_size=4", "sample.num_samples=4", "sample.batch_size=4"]
@@ -31,45 +31,65 @@ def test_transpose_matches_the_token_definition():
     assert TRANSPOSE.tolist() == transpose_edge_tokens(np.arange(16)).tolist()
 
 
-def test_refiner_is_permutation_equivariant(real_tree):
-    model = tiny_model()
-    level = build_pyramid(real_tree.num_nodes, real_tree.edges, 0).levels[-2]  # a coarse graph
+@pytest.fixture(scope="module")
+def real_planar(shared_data):
+    return load_graph_split(shared_data / "graphs" / "planar.npz", "train")[0]
+
+
+@pytest.mark.parametrize("source,edge_layers", [("tree", 0), ("planar", 0), ("planar", 2)])
+def test_refiner_is_permutation_equivariant(real_tree, real_planar, source, edge_layers):
+    torch.manual_seed(0)
+    model = GraphScaleModel(d_model=32, layers=2, heads=2, edge_layers=edge_layers).eval()
+    graph = real_tree if source == "tree" else real_planar
+    level = build_pyramid(graph.num_nodes, graph.edges, 0).levels[-2]  # a coarse graph
     n, edges, prio = level.num_nodes, level.edges, level.prio
     perm = np.random.default_rng(1).permutation(n)  # node i -> perm[i]
     p_edges = np.sort(perm[edges], axis=1)
     p_prio = np.empty_like(prio)
     p_prio[perm] = prio
+    flipped = perm[edges[:, 0]] > perm[edges[:, 1]]  # pairs whose orientation flips
+    row = {tuple(e): r for r, e in enumerate(p_edges.tolist())}
+    moved = np.array([row[tuple(sorted((perm[u], perm[v])))] for u, v in edges.tolist()])
 
     tokens = np.random.default_rng(4).integers(0, 3, n)
     p_tokens = np.empty_like(tokens)
     p_tokens[perm] = tokens
+    # patterns drawn in earlier rounds (0 = not yet), read in each pair's own orientation
+    drawn = torch.as_tensor(np.random.default_rng(5).integers(0, 16, len(edges)))
+    p_drawn = torch.zeros_like(drawn)
+    p_drawn[moved] = torch.where(torch.as_tensor(flipped), TRANSPOSE[drawn], drawn)
 
-    def run_(e, p, t):
+    def run_(e, p, t, d):
         x, ei, batch, pairs, _ = level_features([n], [e], [p], [64], [5], model.refiner.rw_steps)
         h, node_logits = model.refiner(x, ei, batch)
-        return node_logits, model.refiner.edge_logits(h, pairs, torch.as_tensor(t))
+        return node_logits, model.refiner.edge_logits(h, pairs, torch.as_tensor(t), d)
 
-    nodes, edge_logits = run_(edges, prio, tokens)
-    p_nodes, p_edge_logits = run_(p_edges, p_prio, p_tokens)
+    nodes, edge_logits = run_(edges, prio, tokens, drawn)
+    p_nodes, p_edge_logits = run_(p_edges, p_prio, p_tokens, p_drawn)
     assert torch.allclose(p_nodes[perm], nodes, atol=1e-5)
-    flipped = perm[edges[:, 0]] > perm[edges[:, 1]]  # pairs whose orientation flips
-    row = {tuple(e): r for r, e in enumerate(p_edges.tolist())}
-    for r, (u, v) in enumerate(edges.tolist()):
-        other = p_edge_logits[row[tuple(sorted((perm[u], perm[v])))]]
+    for r in range(len(edges)):
+        other = p_edge_logits[moved[r]]
         expected = edge_logits[r][TRANSPOSE] if flipped[r] else edge_logits[r]
         assert torch.allclose(other, expected, atol=1e-5)
+    if edge_layers:  # the triangle layers do read the drawn patterns
+        x, ei, batch, pairs, _ = level_features([n], [edges], [prio], [64], [5], model.refiner.rw_steps)
+        h, _ = model.refiner(x, ei, batch)
+        blank = model.refiner.edge_logits(h, pairs, torch.as_tensor(tokens), torch.zeros_like(drawn))
+        assert not torch.allclose(blank, edge_logits)
 
 
-@pytest.mark.parametrize("rounds", [1, 3])
-def test_log_likelihood_is_invariant_to_relabelling(real_tree, rounds):
+@pytest.mark.parametrize("source,rounds,extra", [("tree", 1, {}), ("tree", 3, {}),
+                                                  ("planar", 3, {"edge_layers": 2, "separated": True})])
+def test_log_likelihood_is_invariant_to_relabelling(real_tree, real_planar, source, rounds, extra):
     torch.manual_seed(0)
-    model = GraphScaleModel(d_model=32, layers=2, heads=2, edge_rounds=rounds).eval()
-    prio = np.random.default_rng(2).random(real_tree.num_nodes)
-    perm = np.random.default_rng(3).permutation(real_tree.num_nodes)
-    relabelled = Graph.from_edge_list(real_tree.num_nodes, perm[real_tree.edges], strict=False)
+    graph = real_tree if source == "tree" else real_planar
+    model = GraphScaleModel(d_model=32, layers=2, heads=2, edge_rounds=rounds, **extra).eval()
+    prio = np.random.default_rng(2).random(graph.num_nodes)
+    perm = np.random.default_rng(3).permutation(graph.num_nodes)
+    relabelled = Graph.from_edge_list(graph.num_nodes, perm[graph.edges], strict=False)
     p_prio = np.empty_like(prio)
     p_prio[perm] = prio
-    ll = model.log_likelihood(real_tree, prio)
+    ll = model.log_likelihood(graph, prio)
     assert np.isfinite(ll) and ll < 0
     assert model.log_likelihood(relabelled, p_prio) == pytest.approx(ll, abs=1e-3)
 
@@ -83,6 +103,35 @@ def test_fit_to_target_keeps_the_budget_and_merges_children():
     assert n == 4
     nt, et = fit_to_target(np.array([0, 0, 0]), np.array([1, 1]), edges, prio, budget=5)
     assert (nt > 0).sum() == 1  # sampling always progresses
+
+
+def test_separate_splits_keeps_an_independent_set_by_priority():
+    edges = np.array([[0, 1], [1, 2], [2, 3], [3, 4]])  # a path
+    prio = np.array([0.5, 0.1, 0.9, 0.3, 0.7])
+    nt = separate_splits(np.array([2, 1, 2, 2, 0]), edges, prio)
+    # node 1 (lowest priority) keeps its split; 0 and 2 touch it; 3 keeps, 4 did not split
+    assert nt.tolist() == [0, 1, 0, 2, 0]
+    assert separate_splits(np.array([2, 0, 1, 0, 2]), edges, prio).tolist() == [2, 0, 1, 0, 2]
+
+
+def test_separated_sampling_never_expands_neighbours_together():
+    torch.manual_seed(0)
+    model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=2, edge_layers=1,
+                            separated=True).eval()
+    seen = []
+    compose_row = model._compose_row
+
+    def spy(state, tokens, i):
+        n, fine, cluster, slot = compose_row(state, tokens, i)
+        split = np.bincount(cluster, minlength=state["n"][i]) > 1
+        edges = state["edges"][i]
+        seen.append(bool(np.any(split[edges[:, 0]] & split[edges[:, 1]])) if len(edges) else False)
+        return n, fine, cluster, slot
+
+    model._compose_row = spy
+    cond = torch.tensor([30, 24])
+    graphs, _ = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    assert [g.num_nodes for g in graphs] == [30, 24] and seen and not any(seen)
 
 
 def test_sampling_makes_one_call_per_level_and_hits_the_size():
