@@ -37,6 +37,10 @@ SETTINGS = ["domain.separated=true", "domain.max_fraction=0.5", "domain.max_leve
 SET_SETTINGS = {"sbm": ["domain.max_fraction=0.15", "domain.max_levels=40", "domain.edge_rounds=8",
                         "train.batch_size=6", "sample.max_redraws=50"]}
 
+
+def settings_for(name: str, override: list[str]) -> list[str]:
+    return SET_SETTINGS.get(name, SETTINGS + override)
+
 PUBLISHED = {  # V.U.N. % / ratio, from the shared data README (40 samples vs 40 test graphs)
     "GRAN": {"planar": (0, 2.0), "tree": (0, 607), "sbm": (25, 9.7)},
     "SPECTRE": {"planar": (25, 3.0), "tree": (None, None), "sbm": (52.5, 2.2)},
@@ -71,7 +75,7 @@ def main():
 
     rows = {}
     for name in args.sets:
-        settings = SET_SETTINGS.get(name, SETTINGS + args.override)
+        settings = settings_for(name, args.override)
         base = ["domain=graph", f"domain.source={name}", f"domain.data_dir={args.data_dir}",
                 "progress=false", f"sample.temperature={args.temperature}"] + settings
         folder = Path(args.out) / name
@@ -104,7 +108,7 @@ def main():
              "averages a wavelet statistic; statistics whose train-vs-test MMD is 0 are left out).",
              "", "## Ours", "",
              "Model settings per set (each row's set): "
-             + "; ".join(f"{n}: {' '.join(SET_SETTINGS.get(n, SETTINGS + args.override))}" for n in args.sets)
+             + "; ".join(f"{n}: {' '.join(settings_for(n, args.override))}" for n in args.sets)
              + f". Sampling temperature {args.temperature:g}. Constrained rows: the same checkpoint sampled with "
              "`domain.constrain=auto` (a level whose composed graph is not planar / not a tree / "
              "not connected is drawn again from the same refiner output, up to "

@@ -60,8 +60,11 @@ def split_failures(model, n, edges, prio, target, step, temperature, gen) -> lis
     et = drawn.numpy()
     out = []
     for v in np.flatnonzero(nt > 0):
-        mine = (edges[:, 0] == v) | (edges[:, 1] == v)
-        single = np.where(mine, et, 1)  # other edges keep their single-child link
+        first, second = edges[:, 0] == v, edges[:, 1] == v
+        single = np.ones_like(et)  # every other node keeps one child: its edges one link
+        # v's edges keep its own slots; a neighbour's second child folds onto its first
+        single[first] = (et[first] & 0b0101) | ((et[first] >> 1) & 0b0101)
+        single[second] = (et[second] & 0b0011) | ((et[second] >> 2) & 0b0011)
         one = np.zeros_like(nt)
         one[v] = nt[v]
         fn, fe, _, _ = compose(n, edges, one, single)

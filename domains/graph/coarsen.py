@@ -334,10 +334,8 @@ def coarsen(num_nodes, edges, prio, *, max_fraction: float = 0.5,
     blocked = neighbours = None
     if separated and len(e):
         blocked = bytearray(n)
-        both = np.concatenate([e, e[:, ::-1]])
-        both = both[np.argsort(both[:, 0], kind="stable")]
-        split_at = np.cumsum(np.bincount(both[:, 0], minlength=n))[:-1]
-        neighbours = [x.tolist() for x in np.split(both[:, 1], split_at)]
+        adj = _adjacency(n, e)
+        neighbours = [x.tolist() for x in np.split(adj.indices, adj.indptr[1:-1])]
     if len(e) and budget:
         nb = _Neighbourhoods(n, e)
         common = nb.common(e)
