@@ -33,7 +33,7 @@ from core.run import build_model, load_data  # noqa: E402
 from core.sampler import CoarseToFineSampler, generate, member_seeds  # noqa: E402
 from core.train import load_weights  # noqa: E402
 from domains.graph.coarsen import build_pyramid, compose  # noqa: E402
-from domains.graph.model import (draw_rounds, level_features, satisfies,  # noqa: E402
+from domains.graph.model import (level_features, satisfies,  # noqa: E402
                                  separate_splits, triangles)
 
 BANDS = [(1, 8), (8, 16), (16, 32), (32, 64), (64, 10**9)]
@@ -50,12 +50,14 @@ def split_failures(model, n, edges, prio, target, step, temperature, gen) -> lis
     if model.pyramid_kw["separated"]:
         nt = separate_splits(nt, edges, prio)
     nt_t = torch.as_tensor(nt)
-    rounds = draw_rounds(prio, pairs, model.edge_rounds)
+    rounds = model.rounds_for(nt, pairs, prio)
     tri = triangles(pairs, n) if model._needs_triangles else None
     drawn = torch.zeros(len(pairs), dtype=torch.long)
     for r in range(model.edge_rounds):
         logits = model.refiner.edge_logits(h, pairs, nt_t, drawn, tri)
         now = rounds == r
+        if not bool(now.any()):
+            continue
         drawn[now] = torch.multinomial((logits[now] / t).softmax(-1), 1, generator=gen).squeeze(1)
     et = drawn.numpy()
     out = []

@@ -98,6 +98,48 @@ def draw_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Ten
     return torch.as_tensor(np.minimum((u * rounds).astype(np.int64), rounds - 1))
 
 
+EDGE_ORDERS = ("priority", "walk")
+
+
+def walk_rounds(nt, pairs: torch.Tensor, prio: np.ndarray, rounds: int) -> torch.Tensor:
+    """The round of each edge when the edges of every expanding node are drawn one per round,
+    in a walk over its neighbours: from the neighbour of lowest priority, each next neighbour is
+    one adjacent to the last (else to any visited one, else any), lowest priority first.
+
+    Around a triangulated node the walk follows its rotation, so each edge's pattern is drawn
+    right after that of the neighbour beside it: which child a neighbour joins becomes a local
+    choice (stay on this child, share both, switch) instead of a guess about the whole ring. An
+    edge between two expanding nodes takes the later of its two positions; edges of nodes that
+    keep one child have one allowed pattern and go in round 0. Positions past ``rounds - 1``
+    share the last round. A function of the structure and the priorities (equivariant)."""
+    m = len(pairs)
+    out = np.zeros(m, dtype=np.int64)
+    nt = np.asarray(nt)
+    split = np.flatnonzero(nt > 0)
+    if m == 0 or len(split) == 0:
+        return torch.as_tensor(out)
+    p = pairs.numpy() if isinstance(pairs, torch.Tensor) else np.asarray(pairs)
+    incident: dict[int, list] = {}
+    for eid, (a, b) in enumerate(p.tolist()):
+        incident.setdefault(a, []).append((b, eid))
+        incident.setdefault(b, []).append((a, eid))
+    near = {v: {w for w, _ in ws} for v, ws in incident.items()}
+    for v in split.tolist():
+        left = dict(incident.get(v, []))  # neighbour -> edge id
+        last, seen, pos = None, [], 0
+        while left:
+            cand = [w for w in left if last is not None and w in near[last]]
+            if not cand:
+                cand = [w for w in left if any(u in near[w] for u in seen)] or list(left)
+            w = min(cand, key=lambda u: prio[u])
+            eid = left.pop(w)
+            out[eid] = max(out[eid], pos)
+            seen.append(w)
+            last = w
+            pos += 1
+    return torch.as_tensor(np.minimum(out, rounds - 1))
+
+
 def level_features(n_list, edge_list, prio_list, targets, steps, rw_steps: int):
     """Batch a list of coarse graphs into node features, edge index and graph ids."""
     counts = torch.tensor(n_list)
@@ -247,7 +289,7 @@ class GraphScaleModel(nn.Module):
 
     def __init__(self, max_levels: int = 24, two_hop: bool = False, slot_rule: str = "degree",
                  max_fraction: float = 0.5, constraint: str | None = None, edge_rounds: int = 1,
-                 separated: bool = False, **refiner_kw):
+                 separated: bool = False, edge_order: str = "priority", **refiner_kw):
         super().__init__()
         if constraint not in CONSTRAINTS:
             raise ValueError(f"unknown graph constraint '{constraint}'; choose one of {CONSTRAINTS}")
@@ -256,6 +298,9 @@ class GraphScaleModel(nn.Module):
                              "edge contractions; it needs two_hop=false")
         if edge_rounds < 1:
             raise ValueError(f"edge_rounds must be >= 1, got {edge_rounds}")
+        if edge_order not in EDGE_ORDERS:
+            raise ValueError(f"unknown edge_order '{edge_order}'; choose one of {EDGE_ORDERS}")
+        self.edge_order = edge_order
         self.refiner = GraphRefiner(**refiner_kw)
         self.constraint = constraint
         self.edge_rounds = int(edge_rounds)
@@ -283,8 +328,14 @@ class GraphScaleModel(nn.Module):
             [t for _, _, t, _ in items], [k for _, _, _, k in items], self.refiner.rw_steps)
         node_tokens = torch.as_tensor(np.concatenate([f.node_tokens for _, f, _, _ in items]), dtype=torch.long)
         edge_tokens = torch.as_tensor(np.concatenate([f.edge_tokens for _, f, _, _ in items]), dtype=torch.long)
-        rounds = draw_rounds(np.concatenate(prio), pairs, self.edge_rounds)
+        rounds = self.rounds_for(node_tokens.numpy(), pairs, np.concatenate(prio))
         return x, edge_index, batch, pairs, pair_graph, node_tokens, edge_tokens, rounds
+
+    def rounds_for(self, node_tokens, pairs, prio) -> torch.Tensor:
+        """The round in which each edge's pattern is drawn (``edge_order``)."""
+        if self.edge_order == "walk" and self.edge_rounds > 1:
+            return walk_rounds(node_tokens, pairs, prio, self.edge_rounds)
+        return draw_rounds(prio, pairs, self.edge_rounds)
 
     def token_log_likelihood(self, pyramids, targets, reduce: str = "mean", rng=None):
         """Log-likelihood of the pyramids' tokens. Edge patterns are drawn in ``edge_rounds``
@@ -306,7 +357,9 @@ class GraphScaleModel(nn.Module):
         if len(pairs):
             levels = int(batch.max()) + 1
             gen = rng if rng is not None else np.random.default_rng(0)
-            upto = torch.as_tensor(gen.integers(0, self.edge_rounds, levels))[pair_graph]
+            # a round that some edge of the level uses, so that every level scores something
+            last = torch.zeros(levels, dtype=torch.long).scatter_reduce(0, pair_graph, rounds, "amax")
+            upto = torch.as_tensor(np.floor(gen.random(levels) * (last.numpy() + 1)).astype(np.int64))[pair_graph]
             drawn = torch.where(rounds < upto, edge_tokens, 0)
             logits = self.refiner.edge_logits(h, pairs, node_tokens, drawn, tri)
             scored = rounds >= upto
@@ -354,10 +407,9 @@ class GraphScaleModel(nn.Module):
         h, node_logits = self.refiner(x, edge_index, batch)
         B = len(state["n"])
         node_dense, _ = to_dense_batch(node_logits, batch, batch_size=B)
-        rounds = draw_rounds(np.concatenate(state["prio"]), pairs, self.edge_rounds)
         tri = triangles(pairs, len(batch)) if self._needs_triangles else None
         pair_local = self._local_index(pair_graph) if len(pairs) else pair_graph  # row of each edge
-        state["_level"] = (h, pairs, pair_graph, pair_local, batch, rounds, tri)
+        state["_level"] = (h, pairs, pair_graph, pair_local, batch, {}, tri)  # {}: rounds by node tokens
         edges_max = max([len(e) for e in state["edges"]] + [1])
         # edge logits need the drawn node tokens (and earlier rounds): filled in by condition_logits
         out = {"node": Prediction("index", node_dense.unsqueeze(2))}
@@ -365,9 +417,28 @@ class GraphScaleModel(nn.Module):
             out[f"edge{t}"] = Prediction("index", node_dense.new_zeros(B, edges_max, 1, 16))
         return out
 
+    def _node_flat(self, drawn, state) -> torch.Tensor:
+        """The drawn node tokens [n] of the batch, separated as the level will be composed."""
+        _, pairs, _, _, batch, _, _ = state["_level"]
+        node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
+        if self.pyramid_kw["separated"]:
+            node_flat = torch.as_tensor(separate_splits(
+                node_flat.numpy().astype(np.int64), pairs.numpy(), np.concatenate(state["prio"])))
+        return node_flat
+
+    def _level_rounds(self, node_flat, state) -> torch.Tensor:
+        """Rounds of the level's edges given its node tokens (cached: a walk order depends on
+        them, and redraws change them for some rows only)."""
+        _, pairs, _, _, _, cache, _ = state["_level"]
+        key = node_flat.numpy().tobytes() if self.edge_order == "walk" else b""
+        if key not in cache:
+            cache[key] = self.rounds_for(node_flat.numpy(), pairs, np.concatenate(state["prio"]))
+        return cache[key]
+
     def _flat_edges(self, drawn, state, upto: int) -> torch.Tensor:
         """Edge patterns [m] of the batch drawn in rounds before ``upto`` (0 elsewhere)."""
-        _, pairs, pair_graph, local, _, rounds, _ = state["_level"]
+        _, pairs, pair_graph, local, _, _, _ = state["_level"]
+        rounds = self._level_rounds(self._node_flat(drawn, state), state)
         flat = torch.zeros(len(pairs), dtype=torch.long)
         for t in range(upto):
             if f"edge{t}" in drawn:
@@ -379,10 +450,7 @@ class GraphScaleModel(nn.Module):
         if not name.startswith("edge"):
             return value
         h, pairs, pair_graph, _, batch, _, tri = state["_level"]
-        node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
-        if self.pyramid_kw["separated"]:
-            node_flat = torch.as_tensor(separate_splits(
-                node_flat.numpy().astype(np.int64), pairs.numpy(), np.concatenate(state["prio"])))
+        node_flat = self._node_flat(drawn, state)
         logits = self.refiner.edge_logits(h, pairs, node_flat, self._flat_edges(drawn, state, int(name[4:])), tri)
         out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
                                 max_num_nodes=value.shape[1])

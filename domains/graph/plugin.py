@@ -62,6 +62,7 @@ def c2f_model(cfg, data):
     return GraphScaleModel(max_levels=d.max_levels, two_hop=d.two_hop, slot_rule=d.slot_rule,
                            max_fraction=d.max_fraction, constraint=constraint,
                            edge_rounds=d.get("edge_rounds", 1), separated=d.get("separated", False),
+                           edge_order=d.get("edge_order", "priority"),
                            **d.model)
 
 

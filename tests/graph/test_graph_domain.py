@@ -11,7 +11,8 @@ from core.sampler import CoarseToFineSampler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens
 from domains.graph.data import Graph, GraphDataError, load_graph_split, save_graph_splits
 from domains.graph.model import (TRANSPOSE, GraphScaleModel, draw_rounds, fit_to_target,
-                                 level_features, satisfies, separate_splits, triangles)
+                                 level_features, satisfies, separate_splits, triangles,
+                                 walk_rounds)
 
 TINY = ["domain=graph", "progress=false", "domain.model.d_model=16", "domain.model.layers=1",
         "domain.model.heads=2", "train.batch_size=4", "sample.num_samples=4", "sample.batch_size=4"]
@@ -78,8 +79,10 @@ def test_refiner_is_permutation_equivariant(real_tree, real_planar, source, edge
         assert not torch.allclose(blank, edge_logits)
 
 
-@pytest.mark.parametrize("source,rounds,extra", [("tree", 1, {}), ("tree", 3, {}),
-                                                  ("planar", 3, {"edge_layers": 2, "separated": True})])
+@pytest.mark.parametrize("source,rounds,extra", [
+    ("tree", 1, {}), ("tree", 3, {}), ("planar", 3, {"edge_layers": 2, "separated": True}),
+    ("planar", 8, {"edge_layers": 1, "separated": True, "edge_order": "walk"}),
+    ("planar", 6, {"edge_order": "walk"})])
 def test_log_likelihood_is_invariant_to_relabelling(real_tree, real_planar, source, rounds, extra):
     torch.manual_seed(0)
     graph = real_tree if source == "tree" else real_planar
@@ -168,6 +171,64 @@ def test_edge_rounds_travel_with_the_nodes():
     p_pairs = torch.as_tensor(np.sort(perm[pairs.numpy()], axis=1))
     assert draw_rounds(prio, pairs, 4).tolist() == draw_rounds(p_prio, p_pairs, 4).tolist()
     assert draw_rounds(prio, pairs, 1).tolist() == [0, 0, 0, 0]
+
+
+def _wheel(rim: int):
+    """Hub 0 joined to a rim cycle 1..rim, edges canonical and sorted."""
+    e = [(0, i) for i in range(1, rim + 1)] + [tuple(sorted((i, i % rim + 1))) for i in range(1, rim + 1)]
+    return torch.as_tensor(sorted(e))
+
+
+def test_walk_rounds_go_around_an_expanding_node():
+    pairs = _wheel(8)
+    prio = np.random.default_rng(0).random(9)
+    nt = np.zeros(9, dtype=np.int64)
+    nt[0] = 2
+    rounds = walk_rounds(nt, pairs, prio, 16)
+    spokes = pairs[:, 0] == 0
+    order = [int(w) for _, w in sorted(zip(rounds[spokes].tolist(), pairs[spokes, 1].tolist()))]
+    assert sorted(rounds[spokes].tolist()) == list(range(8))  # one neighbour per round
+    assert order[0] == 1 + int(np.argmin(prio[1:]))  # from the neighbour of lowest priority
+    # each next neighbour is beside the last one on the rim
+    assert all(abs(a - b) in (1, 7) for a, b in zip(order, order[1:]))
+    assert rounds[~spokes].tolist() == [0] * 8  # rim edges: single ends, nothing to choose
+    assert walk_rounds(nt, pairs, prio, 4)[spokes].max() == 3  # late positions share the last round
+    # relabelling the nodes moves the rounds with them
+    perm = np.random.default_rng(1).permutation(9)
+    p_prio = np.empty_like(prio)
+    p_prio[perm] = prio
+    p_nt = np.empty_like(nt)
+    p_nt[perm] = nt
+    p_pairs = np.sort(perm[pairs.numpy()], axis=1)
+    back = np.lexsort((p_pairs[:, 1], p_pairs[:, 0]))
+    p_rounds = walk_rounds(p_nt, torch.as_tensor(p_pairs[back]), p_prio, 16)
+    mapped = {tuple(p_pairs[back][i]): r for i, r in enumerate(p_rounds.tolist())}
+    assert [mapped[tuple(x)] for x in p_pairs] == rounds.tolist()
+
+
+def test_walk_rounds_edge_between_two_expanding_nodes_waits_for_both():
+    pairs = torch.tensor([[0, 1], [0, 2], [0, 3], [1, 4]])
+    prio = np.array([0.5, 0.9, 0.1, 0.2, 0.3])
+    nt = np.array([2, 1, 0, 0, 0])
+    rounds = walk_rounds(nt, pairs, prio, 8).tolist()
+    # node 0 visits 2, 3, 1 (no neighbours touch: lowest priority first); node 1 visits 4, 0
+    assert rounds == [2, 0, 1, 0]
+    model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=8, edge_order="walk")
+    assert model.rounds_for(nt, pairs, prio).tolist() == rounds
+    with pytest.raises(ValueError, match="edge_order"):
+        GraphScaleModel(edge_order="spiral")
+
+
+def test_walk_order_sampling_is_reproducible_and_sized():
+    torch.manual_seed(0)
+    model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=6, edge_layers=1,
+                            separated=True, edge_order="walk", constraint="planar").eval()
+    cond = torch.tensor([20, 9])
+    graphs, nfe = generate(model, CoarseToFineSampler(max_redraws=20), cond, member_seeds(0, cond))
+    assert [g.num_nodes for g in graphs] == [20, 9] and nfe <= model.num_scales
+    assert all(satisfies(g.num_nodes, g.edges, "planar") for g in graphs)
+    again, _ = generate(model, CoarseToFineSampler(max_redraws=20), cond[1:], member_seeds(0, cond)[1:])
+    assert np.array_equal(again[0].edges, graphs[1].edges)  # redraws use each row's own rounds
 
 
 def test_constrained_draws_keep_every_sample_a_tree():
