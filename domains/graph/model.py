@@ -12,9 +12,11 @@ break symmetries while staying exactly equivariant given the priorities), and th
 (level, current size over target size, target size). The backbone is a stack of GPS layers
 (torch_geometric: GIN message passing + global attention). Edge patterns are scored from both
 orientations and symmetrised, so the likelihood does not depend on how a pair is written.
-Optionally the edge patterns are drawn in rounds (``edge_rounds``) through an edge head with
-triangle message passing (``TriangleLayer``), and the pyramid is separated (``separated``: no two
-expanding nodes adjacent, enforced when sampling by ``separate_splits``).
+Optionally the edge patterns are drawn in rounds (``edge_rounds``; by priority, or with
+``edge_order="walk"`` one edge of each expanding node per round, around its neighbourhood:
+``walk_rounds``) through an edge head with triangle message passing (``TriangleLayer``), and the
+pyramid is separated (``separated``: no two expanding nodes adjacent, enforced when sampling by
+``separate_splits``).
 """
 from __future__ import annotations
 
