@@ -4,13 +4,13 @@
         [--temperature 1 0.7] [--seeds 0 1 2 3]
 
 Each set is trained once (``task=train``), then sampled and scored from the same checkpoint at
-each temperature with each sampling seed (40 samples per seed; a row averages its seeds and gives
-the spread of V.U.N.), plain and with constrained draws (``domain.constrain=auto``: a level that leaves the data set's
-class, planar / tree / connected, is drawn again; no extra refiner call). 40 samples against the
-40 test graphs, the published protocol. The benchmark's model settings (``SETTINGS``: a separated
-pyramid, edges drawn in a walk around each expanding node through triangle layers in the edge
-head; ``SET_SETTINGS`` for a set with its
-own) come before ``--override`` (not applied to a set with its own). Finished pieces are reused when
+each temperature with each sampling seed (40 samples per seed against the 40 test graphs, the
+published protocol; a row averages its seeds and gives the spread of V.U.N.), plain and with
+constrained draws (``domain.constrain=auto``: a level that leaves the data set's class, planar /
+tree / connected, is drawn again; no extra refiner call). The benchmark's model settings
+(``SETTINGS``: a separated pyramid, edges drawn in a walk around each expanding node through
+triangle layers in the edge head; ``SET_SETTINGS`` for a set with its own) come before
+``--override`` (not applied to a set with its own). Finished pieces are reused when
 the command runs again. Writes ``docs/results/graph.md`` (our rows beside the published ones,
 with the machine and the command) and one run directory per set under ``--out``.
 """

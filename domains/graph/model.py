@@ -437,10 +437,11 @@ class GraphScaleModel(nn.Module):
             cache[key] = self.rounds_for(node_flat.numpy(), pairs, np.concatenate(state["prio"]))
         return cache[key]
 
-    def _flat_edges(self, drawn, state, upto: int) -> torch.Tensor:
-        """Edge patterns [m] of the batch drawn in rounds before ``upto`` (0 elsewhere)."""
+    def _flat_edges(self, drawn, state, upto: int, node_flat) -> torch.Tensor:
+        """Edge patterns [m] of the batch drawn in rounds before ``upto`` (0 elsewhere), given
+        the level's node tokens ``node_flat`` (``_node_flat``)."""
         _, pairs, pair_graph, local, _, _, _ = state["_level"]
-        rounds = self._level_rounds(self._node_flat(drawn, state), state)
+        rounds = self._level_rounds(node_flat, state)
         flat = torch.zeros(len(pairs), dtype=torch.long)
         for t in range(upto):
             if f"edge{t}" in drawn:
@@ -453,7 +454,8 @@ class GraphScaleModel(nn.Module):
             return value
         h, pairs, pair_graph, _, batch, _, tri = state["_level"]
         node_flat = self._node_flat(drawn, state)
-        logits = self.refiner.edge_logits(h, pairs, node_flat, self._flat_edges(drawn, state, int(name[4:])), tri)
+        earlier = self._flat_edges(drawn, state, int(name[4:]), node_flat)
+        logits = self.refiner.edge_logits(h, pairs, node_flat, earlier, tri)
         out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
                                 max_num_nodes=value.shape[1])
         return out.unsqueeze(2)
@@ -492,7 +494,7 @@ class GraphScaleModel(nn.Module):
     def _joined(self, tokens, state) -> dict:
         """Node tokens and the edge patterns of all rounds, [B, m_max] (rows of the batch)."""
         _, pairs, pair_graph, local, _, _, _ = state["_level"]
-        flat = self._flat_edges(tokens, state, self.edge_rounds)
+        flat = self._flat_edges(tokens, state, self.edge_rounds, self._node_flat(tokens, state))
         B = len(state["n"])
         edges = torch.zeros(B, max([len(e) for e in state["edges"]] + [1]), dtype=torch.long)
         if len(pairs):
