@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 from core.io import write_json_atomic  # noqa: E402
 from core.plugins import get_domain  # noqa: E402
 from core.run import build_model, load_data  # noqa: E402
-from core.sampler import CoarseToFineSampler, generate, member_seeds  # noqa: E402
+from core.sampler import TokenScheduler, generate, member_seeds  # noqa: E402
 from core.train import load_weights  # noqa: E402
 from domains.graph.coarsen import build_pyramid, compose  # noqa: E402
 from domains.graph.model import (level_features, satisfies,  # noqa: E402
@@ -122,7 +122,7 @@ def main():
 
     model.add_band = keep_planar_levels
     cond = torch.as_tensor([g.num_nodes for g in test])
-    samples, _ = generate(model, CoarseToFineSampler(temperature=args.temperature), cond,
+    samples, _ = generate(model, TokenScheduler(temperature=args.temperature), cond,
                           member_seeds(args.seed, cond))
     model.add_band = add_band
     own_records = []

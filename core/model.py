@@ -1,30 +1,15 @@
 """The scale model: pyramid (forward process) + refiner and head (backward process).
 
-This is the protocol the sampler, trainer and CLI drive; a domain with its own structural pyramid
-(graphs) returns a module with the same methods from ``c2f_model``:
+``ScaleModel`` implements the scale-model protocol (``core.protocol``: the members the trainer
+and the pipeline read) for tensor domains, with its optional capabilities: the noise shift
+(``calibrate_shift``/``perturb``) and, when built with ``refine_share > 0`` and a refiner that
+reads its scale's own tokens, within-scale refinement (``repredict``).
 
-* ``num_scales``: K, the number of refiner calls per sample.
-* ``loss(batch, generator) -> (loss, logs)``: teacher-forced training loss on a batch; also
-  ``forward``, so that DistributedDataParallel can wrap the model.
-* ``init_state(cond) -> state``: the empty state for a batch of conditions.
-* ``predict(state, k, cond) -> dict[str, Prediction]``: ONE refiner call, all tokens of scale k.
-* ``add_band(state, tokens, k) -> state``: compose the drawn tokens of scale k into the state.
-* ``finish(state) -> samples``: decode the finest state.
-* optionally ``condition_logits(name, value, tokens, state)`` to restrict or condition a
-  prediction on the tokens already drawn at the same scale (graphs: edge patterns given the node
-  tokens, from the same backbone features), and ``is_done(state)`` for models of variable depth (at most
-  ``num_scales`` calls; sampling stops as soon as it returns True).
-* optionally ``band_ok(state, tokens, k, rows) -> bool [batch]``: whether each sample selected by
-  the mask ``rows`` keeps the state inside a known valid set with its tokens of scale k (samples
-  outside ``rows`` are reported as passing); with ``sample.max_redraws`` the sampler draws the
-  failing ones again from the same prediction (``core.sampler``, constrained draws).
-* optionally ``perturb(state, k, sigma, generators) -> state`` for the sampler's noise shift: add
-  Gaussian noise of relative size sigma to the state after scale k, drawing member i's noise from
-  ``generators[i]`` (the state may hold the doubled batch of guidance: both halves get the same
-  noise). Models without it refuse a shift with a clear error.
-* optionally ``generate(sampler, cond, seeds) -> (samples, calls)`` for a model that is not
-  coarse-to-fine and runs its own sampling loop (a diffusion baseline); ``core.sampler.generate``
-  then hands it the batch.
+Refinement training: each training item shows the refiner, at every scale, a partly masked copy of
+that scale's own tokens. A share ``refine_share`` of the (item, scale) pairs get a random masking
+ratio in (0, 1) (at least one position masked), the rest are fully masked (the plain next-scale
+objective, which is what the first pass of every scale sees at sampling). The loss scores the
+masked positions only.
 """
 from __future__ import annotations
 
@@ -32,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from core.pyramid import ResidualPyramid, flat, unflat
+from core.targets import Prediction
 
 
 def drop_labels(cond: torch.Tensor | None, batch: int, num_classes: int, p: float,
@@ -50,8 +36,14 @@ def drop_labels(cond: torch.Tensor | None, batch: int, num_classes: int, p: floa
 class ScaleModel(nn.Module):
     def __init__(self, pyramid: ResidualPyramid, refiner: nn.Module, head: nn.Module,
                  channels: int, num_classes: int = 0, tokenizer: nn.Module | None = None,
-                 label_drop: float = 0.1):
+                 label_drop: float = 0.1, refine_share: float = 0.0):
         super().__init__()
+        if not 0 <= refine_share <= 1:
+            raise ValueError(f"model.refine_share must be in [0, 1], got {refine_share}")
+        if refine_share > 0 and not getattr(refiner, "refinable", False):
+            raise ValueError("within-scale refinement needs a refiner built with own-token inputs "
+                             "(core.refiner.ScaleTransformer(own_channels=...)); set model.refine=true")
+        self.refine_share = float(refine_share)
         self.pyramid, self.refiner, self.head = pyramid, refiner, head
         self.tokenizer = tokenizer
         self.channels, self.num_classes, self.label_drop = channels, num_classes, label_drop
@@ -77,29 +69,63 @@ class ScaleModel(nn.Module):
         self.pyramid.train(was_training)
         return codes
 
+    @property
+    def refine_trained(self) -> bool:
+        return self.refine_share > 0
+
+    def refine_mask(self, enc, generator: torch.Generator | None = None) -> torch.Tensor:
+        """bool [B, L]: the positions shown to the refiner in a refinement-training step."""
+        visible = []
+        for codes in enc.codes:
+            B, n = codes.shape[:2]
+            u = torch.rand(B, n, generator=generator)
+            ratio = torch.rand(B, 1, generator=generator)
+            partial = torch.rand(B, 1, generator=generator) < self.refine_share
+            masked = (u < ratio) | (u == u.min(1, keepdim=True).values)
+            visible.append((~masked & partial).to(codes.device))
+        return torch.cat(visible, 1)
+
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
         enc = self.encode(x)
         cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
-        h = self.refiner(torch.cat(enc.contexts, 1), cond)
-        pred = self.head(h)
-        loss, logs = self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))
+        codes, values = torch.cat(enc.codes, 1), torch.cat(enc.values, 1)
+        if not self.refine_trained:
+            pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond))
+            return self.head.loss(pred, codes, values)
+        visible = self.refine_mask(enc, generator)
+        pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond, own=values, visible=visible))
+        masked = ~visible
+        loss, logs = self.head.loss(Prediction(pred.kind, pred.value[masked]), codes[masked], values[masked])
+        logs["masked_share"] = float(masked.float().mean())
         return loss, logs
 
     def forward(self, batch, generator: torch.Generator | None = None):
         return self.loss(batch, generator)
 
-    def init_state(self, cond: torch.Tensor) -> dict:
+    def init_state(self, cond: torch.Tensor, generators=None) -> dict:
         return {"z": self.pyramid.init_state(len(cond), self.channels), "cache": []}
 
-    def predict(self, state: dict, k: int, cond: torch.Tensor) -> dict:
+    def _step(self, context, k, cond, cache, own=None, visible=None):
+        if own is None:
+            return self.refiner.step(context, k, cond, cache)
+        return self.refiner.step(context, k, cond, cache, own=own, visible=visible)
+
+    def predict(self, state: dict, k: int, cond: torch.Tensor, own=None, visible=None) -> dict:
         context = flat(self.pyramid.context(state["z"], k))
-        return {"band": self.head(self.refiner.step(context, k, cond, state["cache"]))}
+        return {"band": self.head(self._step(context, k, cond, state["cache"], own, visible))}
+
+    def own_values(self, tokens: dict, k: int) -> torch.Tensor:
+        """The de-quantised band [B, n_k, C] of drawn tokens: what the refiner reads of them."""
+        band = tokens["band"]
+        return band if self.head.kind == "continuous" else self.pyramid.quantizer.dequantize(band, k)
+
+    def repredict(self, state: dict, k: int, cond: torch.Tensor, tokens: dict, keep: torch.Tensor) -> dict:
+        """Scale k again, seeing its own ``tokens`` where ``keep`` is True (refinement)."""
+        return self.predict(state, k, cond, own=self.own_values(tokens, k), visible=keep)
 
     def add_band(self, state: dict, tokens: dict, k: int) -> dict:
-        band = tokens["band"]
-        if self.head.kind != "continuous":
-            band = self.pyramid.quantizer.dequantize(band, k)
+        band = self.own_values(tokens, k)
         size = self.pyramid.ops.sizes[k]
         state["z"] = self.pyramid.add_band(state["z"], unflat(band, size), k)
         return state

@@ -14,6 +14,12 @@ Masks (``mask``):
 The condition (class label; ``num_classes`` is the null label for guidance) is the start token and
 modulates every block (adaptive layer norm, as VAR). ``forward`` runs all scales at once for
 training; ``step`` runs one scale with a key/value cache for sampling, giving the same features.
+
+Within-scale refinement (``own_channels > 0``): every position also reads its scale's own tokens
+(``own``, the de-quantised band values [B, n, own_channels]) where ``visible`` is True and a learned
+mask embedding elsewhere, as MaskGIT and HMAR do; with ``own=None`` every position is masked, which
+is the plain next-scale prediction. Running ``step`` again for a scale replaces that scale's cache
+entries, so later scales attend to its last pass.
 """
 from __future__ import annotations
 
@@ -77,7 +83,8 @@ class Block(nn.Module):
 class ScaleTransformer(nn.Module):
     def __init__(self, in_channels: int, positions: list[torch.Tensor], num_classes: int = 0,
                  d_model: int = 128, layers: int = 2, heads: int = 4, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, mask: str = "block_causal", num_freqs: int = 4):
+                 dropout: float = 0.0, mask: str = "block_causal", num_freqs: int = 4,
+                 own_channels: int = 0):
         super().__init__()
         if d_model % heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
@@ -95,6 +102,8 @@ class ScaleTransformer(nn.Module):
         self.pos = nn.Linear(pos.shape[1], d_model)
         self.level_emb = nn.Embedding(len(positions), d_model)
         self.cond_emb = nn.Embedding(num_classes + 1, d_model)
+        self.own = nn.Linear(own_channels, d_model) if own_channels else None
+        self.mask_emb = nn.Parameter(torch.zeros(d_model)) if own_channels else None
         self.blocks = nn.ModuleList(Block(d_model, heads, mlp_ratio, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model, elementwise_affine=False)
         self.ada_out = nn.Linear(d_model, 2 * d_model)
@@ -102,6 +111,12 @@ class ScaleTransformer(nn.Module):
         for ada in [b.ada for b in self.blocks] + [self.ada_out]:  # start as plain layer norms
             nn.init.zeros_(ada.weight)
             nn.init.zeros_(ada.bias)
+        if self.mask_emb is not None:
+            nn.init.trunc_normal_(self.mask_emb, std=0.02)
+
+    @property
+    def refinable(self) -> bool:
+        return self.own is not None
 
     @staticmethod
     def _init(m):
@@ -115,33 +130,46 @@ class ScaleTransformer(nn.Module):
     def num_scales(self) -> int:
         return len(self.tokens_per_scale)
 
-    def _embed(self, contexts: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    def _embed(self, contexts: torch.Tensor, lo: int, hi: int, own=None, visible=None) -> torch.Tensor:
         """Token embeddings of sequence positions [lo, hi) (excluding the start token)."""
         sl = slice(lo - 1, hi - 1)
-        return self.inp(contexts) + self.pos(self.pos_features[sl]) + self.level_emb(self.level[sl])
+        x = self.inp(contexts) + self.pos(self.pos_features[sl]) + self.level_emb(self.level[sl])
+        if self.own is None:
+            if own is not None:
+                raise ValueError("this refiner was built without own-token inputs (own_channels=0)")
+            return x
+        if own is None:
+            return x + self.mask_emb
+        return x + torch.where(visible.unsqueeze(-1), self.own(own), self.mask_emb)
 
     def _out(self, x, c):
         shift, scale = self.ada_out(c).unsqueeze(1).chunk(2, -1)
         return self.norm(x) * (1 + scale) + shift
 
-    def forward(self, contexts: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced pass: contexts [B, L, C] of all scales -> features [B, L, d]."""
+    def forward(self, contexts: torch.Tensor, cond: torch.Tensor, own=None, visible=None) -> torch.Tensor:
+        """Teacher-forced pass: contexts [B, L, C] of all scales -> features [B, L, d]
+        (``own``/``visible``: the scales' own tokens and where they are shown, for refinement)."""
         c = self.cond_emb(cond)
         L = contexts.shape[1]
-        x = torch.cat([c.unsqueeze(1), self._embed(contexts, 1, L + 1)], 1)
+        x = torch.cat([c.unsqueeze(1), self._embed(contexts, 1, L + 1, own, visible)], 1)
         for block in self.blocks:
             x = block(x, c, self.mask)
         return self._out(x[:, 1:], c)
 
-    def step(self, context: torch.Tensor, k: int, cond: torch.Tensor, cache: list) -> torch.Tensor:
+    def step(self, context: torch.Tensor, k: int, cond: torch.Tensor, cache: list, own=None,
+             visible=None) -> torch.Tensor:
         """Scale k only: context [B, n_k, C] -> features [B, n_k, d]. ``cache`` is a list (one dict
-        per block) that the caller keeps between scales; pass ``[]`` at k = 0."""
+        per block) that the caller keeps between scales; pass ``[]`` at k = 0. Stepping a scale
+        again (refinement) first drops its earlier cache entries."""
         c = self.cond_emb(cond)
         lo, hi = int(self.offsets[k]), int(self.offsets[k + 1])
-        x = self._embed(context, lo, hi)
+        x = self._embed(context, lo, hi, own, visible)
         if k == 0:
             cache[:] = [{} for _ in self.blocks]
             x, lo = torch.cat([c.unsqueeze(1), x], 1), 0
+        for block_cache in cache:
+            if "k" in block_cache and block_cache["k"].shape[2] > lo:
+                block_cache["k"], block_cache["v"] = block_cache["k"][:, :, :lo], block_cache["v"][:, :, :lo]
         mask = self.mask[lo:hi, :hi]
         for block, block_cache in zip(self.blocks, cache):
             x = block(x, c, mask, block_cache)

@@ -8,6 +8,7 @@ know are handed to the domain (``c2f_run_task``).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,17 +18,20 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from tqdm.auto import tqdm
 
 from core import distributed
 from core.data import TensorData
 from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
-from core.io import write_json_atomic
+from core.io import save_atomic, write_json_atomic
 from core.model import ScaleModel
 from core.plugins import UnknownDomainError, available_domains, config_dirs, get_domain
 from core.pyramid import ResidualPyramid
 from core.quantizers import make_quantizer
 from core.refiner import ScaleTransformer
-from core.sampler import CoarseToFineSampler, generate, member_seed
+from core.compute import count_flops
+from core.protocol import Perturbable
+from core.sampler import NoiseShift, from_config, generate, member_seed
 from core.targets import make_head
 from core.train import TrainConfig, load_weights, train
 
@@ -51,6 +55,8 @@ class ModelConfig:
     quant_lo: float = -1.0
     quant_hi: float = 1.0
     label_drop: float = 0.1
+    refine: bool = False              # train for within-scale refinement (sample.refine_rounds)
+    refine_share: float = 0.5         # share of training scales shown a partly masked copy of themselves
 
 
 @dataclass
@@ -76,6 +82,7 @@ class TrainSection:
     log_every: int = 25
     ckpt_every: int = 200
     resume: bool = False
+    max_seconds: float = 0.0
 
 
 @dataclass
@@ -86,10 +93,15 @@ class SampleConfig:
     top_k: int = 0
     top_p: float = 1.0
     guidance: float = 0.0
-    guidance_schedule: str = "constant"  # constant | linear
+    guidance_schedule: str = "constant"  # constant | linear | interval
+    guidance_interval: list = field(default_factory=lambda: [0, -1])  # interval: first, last step
+    refine_rounds: int = 0               # within-scale refinement rounds per scale (model.refine)
+    refine_schedule: str = "cosine"      # cosine | linear: share of a scale re-predicted per round
+    refine_scales: Optional[list] = None  # scales to refine (0 = coarsest, -1 = finest); null: all
     shift_scale: Optional[int] = None    # noise shift after this scale (0 = coarsest); null: none
     shift_sigma: float = 0.0             # its size, relative to the clean state's per-channel std
     max_redraws: int = 0                 # constrained draws (model.band_ok): redraws per scale
+    flops_samples: int = 4               # samples whose FLOPs are counted (0: none)
 
 
 @dataclass
@@ -162,9 +174,11 @@ def build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
                                  num_classes=num_classes)
     if refiner is None:
         positions = [ops.positions(k) for k in range(len(ops.sizes))]
-        refiner = ScaleTransformer(channels, positions, num_classes, **cfg.refiner)
+        refiner = ScaleTransformer(channels, positions, num_classes, **cfg.refiner,
+                                   own_channels=channels if m.refine else 0)
     head = make_head(m.target, cfg.refiner.d_model, quantizer)
-    return ScaleModel(pyramid, refiner, head, channels, num_classes, tokenizer, m.label_drop)
+    return ScaleModel(pyramid, refiner, head, channels, num_classes, tokenizer, m.label_drop,
+                      refine_share=m.refine_share if m.refine else 0.0)
 
 
 def load_data(cfg, domain, split: str):
@@ -198,6 +212,25 @@ def task_train(cfg, domain, run_dir: Path) -> dict:
     return stats
 
 
+def _sample_parts(cfg, run_dir: Path) -> Path:
+    """The folder of finished sample batches, so a killed ``task=sample`` resumes. Its parts are
+    only reused for the same checkpoint and settings; otherwise they are cleared."""
+    folder = run_dir / "sample_parts"
+    ckpt = _checkpoint_path(cfg, run_dir)
+    key = {"sample": OmegaConf.to_container(cfg.sample, resolve=True), "seed": int(cfg.seed),
+           "checkpoint": str(ckpt.resolve()), "checkpoint_mtime": ckpt.stat().st_mtime_ns,
+           "domain": OmegaConf.to_container(cfg.domain, resolve=True),
+           "model": OmegaConf.to_container(cfg.model, resolve=True)}
+    if distributed.is_main():
+        stored = folder / "settings.json"
+        if folder.is_dir() and (not stored.is_file() or json.loads(stored.read_text()) != key):
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(key, stored)
+    distributed.barrier()
+    return folder
+
+
 def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
@@ -209,51 +242,75 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
         k = max(1, getattr(model, "num_classes", 0))
         cond = torch.arange(n) % k if getattr(model, "num_classes", 0) else torch.full((n,), model.null_label)
     try:
-        sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p, s.guidance, s.guidance_schedule,
-                                      s.shift_scale, s.shift_sigma, s.max_redraws)
+        scheduler, extensions = from_config(s, model)
     except ValueError as e:
         raise ConfigError(f"sample settings: {e}") from None
-    if sampler.shifted:
-        calibrate = getattr(model, "calibrate_shift", None)
-        if calibrate is None:
+    if any(isinstance(e, NoiseShift) for e in extensions):
+        if not isinstance(model, Perturbable):
             raise ConfigError(f"sample.shift_scale: the noise shift is not available for "
                               f"{type(model).__name__} (it has no calibrate_shift/perturb)")
         # the unit of sigma: clean states of a fixed, seeded subset of the training data
         index = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:1000]
-        calibrate(_collate(cfg, domain, data, index))
-    # each rank draws an interleaved share; sample i is seeded by (run seed, condition, i) alone
-    mine = torch.arange(n)[distributed.rank()::distributed.world_size()]
-    outputs, calls, stats = [], [], {}
-    redraws = 0
-    t0 = time.perf_counter()
-    for start in range(0, len(mine), s.batch_size):
-        index = mine[start: start + s.batch_size]
+        model.calibrate_shift(_collate(cfg, domain, data, index))
+
+    def draw(index, stats):
         c = cond[index]
         seeds = [member_seed(cfg.seed, int(ci), int(i)) for ci, i in zip(c.tolist(), index.tolist())]
-        out, nfe = generate(model, sampler, c, seeds, stats)
-        redraws += stats.get("redraws", 0)
-        outputs.extend(list(out))
-        calls.append(nfe)
-    seconds = time.perf_counter() - t0
+        try:
+            return generate(model, scheduler, c, seeds, extensions, stats)
+        except ValueError as e:  # an extension the model cannot do (refinement of an untrained model)
+            raise ConfigError(f"sample settings: {e}") from None
+
+    # each rank draws an interleaved share; sample i is seeded by (run seed, condition, i) alone
+    mine = torch.arange(n)[distributed.rank()::distributed.world_size()]
+    parts_dir = _sample_parts(cfg, run_dir)
+    outputs, calls, totals, seconds = [], [], {}, 0.0
+    for start in tqdm(range(0, len(mine), s.batch_size), desc="sample", disable=not cfg.progress,
+                      dynamic_ncols=True):
+        index = mine[start: start + s.batch_size]
+        part = parts_dir / f"part_{int(index[0]):07d}_{len(index)}.pt"
+        if part.is_file():  # drawn by an earlier, interrupted run with the same settings
+            done = torch.load(part, weights_only=True)
+        else:
+            stats, tick = {}, time.perf_counter()
+            out, nfe = draw(index, stats)
+            done = {"samples": out, "nfe": nfe, "seconds": time.perf_counter() - tick,
+                    **{k: stats.get(k, 0) for k in ("nfe_backbone", "nfe_head", "guidance_doubles_batch",
+                                                    "redraws", "refine_passes")}}
+            if isinstance(out, torch.Tensor):
+                save_atomic(done, part)
+        totals["redraws"] = totals.get("redraws", 0) + done["redraws"]
+        totals["refine_passes"] = totals.get("refine_passes", 0) + done["refine_passes"] * len(index)
+        seconds += done["seconds"]
+        outputs.extend(list(done["samples"]))
+        calls.append((done["nfe"], done["nfe_backbone"], done["nfe_head"], done["guidance_doubles_batch"]))
     parts = distributed.gather_objects((mine.tolist(), outputs, calls))
-    redraws = sum(distributed.gather_objects(redraws))
+    totals = {k: sum(t.get(k, 0) for t in distributed.gather_objects(totals)) for k in totals}
     ordered = [None] * n
     for index, items, _ in parts:
         for i, item in zip(index, items):
             ordered[i] = item
     samples = torch.stack(ordered) if isinstance(ordered[0], torch.Tensor) else ordered
-    nfe = max(c for _, _, part_calls in parts for c in part_calls)
+    nfe, backbone, head, doubled = (max(c[j] for _, _, part in parts for c in part) for j in range(4))
     result = {"samples": samples, "cond": cond}
     if distributed.is_main():
         path = domain.c2f_save_samples(cfg=cfg, samples=result, run_dir=run_dir)
         if path is None:
             torch.save(result, run_dir / "samples.pt")
         domain.c2f_visualize(cfg=cfg, samples=result, path=run_dir / "samples.png")
-    seconds = max(distributed.gather_objects(seconds))
-    metrics = {"nfe": nfe, "samples": n, "seconds_per_sample": seconds / n,
-               "samples_per_second": n / seconds, "world_size": distributed.world_size()}
-    if sampler.max_redraws:
-        metrics["redraws_per_sample"] = redraws / n
+    seconds = sum(distributed.gather_objects(seconds)) / distributed.world_size()
+    metrics = {"nfe": nfe, "nfe_backbone": backbone, "nfe_head": head,
+               "guidance_doubles_batch": doubled, "samples": n, "seconds_per_sample": seconds / n,
+               "samples_per_second": n / seconds, "world_size": distributed.world_size(),
+               "sample_batch_size": s.batch_size}
+    if s.flops_samples > 0:  # counted on a batch of their own: the counter slows the timed loop
+        index = torch.arange(min(n, s.flops_samples))
+        _, flops = count_flops(draw, index, {})
+        metrics["flops_per_sample"] = flops / len(index)
+    if s.max_redraws:
+        metrics["redraws_per_sample"] = totals.get("redraws", 0) / n
+    if s.refine_rounds:
+        metrics["refine_passes_per_sample"] = totals.get("refine_passes", 0) / n
     return metrics, result
 
 

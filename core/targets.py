@@ -24,8 +24,9 @@ TARGET_KINDS = ("index", "bits", "continuous")
 
 @dataclass
 class Prediction:
-    kind: str            # "index" | "bits" | "continuous"
+    kind: str            # "index" | "bits" | "continuous" | "epsilon" (diffusion)
     value: torch.Tensor  # logits [B, n, G, V] | bit logits [B, n, G, nbits] | values [B, n, C]
+    sample: torch.Tensor | None = None  # diffusion: the noisy sample x_t the noise was predicted for
 
 
 class IndexHead(nn.Module):

@@ -4,13 +4,18 @@ Everything random in step s (the batch, label dropout, dropout) is drawn from ge
 by (seed, s), and the learning rate is a function of s. A run killed after its checkpoint at step
 s and resumed from it therefore ends with exactly the parameters of an uninterrupted run.
 
+``max_seconds`` > 0 is a wall-clock training budget: the checkpoint carries the training seconds
+spent so far, so the budget is charged across resumes, and once it is used up the trainer writes a
+checkpoint at that step boundary and stops (the LR schedule still follows the planned ``steps``).
+Resuming with a larger budget (or 0, none) continues exactly where it stopped.
+
 Under torchrun every process takes its contiguous share of each global batch and
 DistributedDataParallel averages the gradients, so N processes follow the trajectory of one
 process with the same global batch (exactly, when the loss draws no random numbers; with label
 dropout or random coarsenings each rank draws its own, so runs agree in distribution only). Rank
 0 alone writes.
 
-Files in ``run_dir``: ``checkpoints/last.pt`` (model, EMA, optimiser, step; written atomically
+Files in ``run_dir``: ``checkpoints/last.pt`` (model, EMA, optimiser, step, training seconds; written atomically
 and loaded with ``weights_only=True``) and ``train_log.jsonl`` (one line of flat numbers per
 logged step; lines past the checkpoint are dropped on resume, so the log never repeats a step).
 """
@@ -49,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     resume: bool = False
+    max_seconds: float = 0.0  # wall-clock training budget, summed over resumes; 0 = none
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -101,11 +107,12 @@ def _trim_log(path: Path, last_step: int):
 
 
 def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConfig, run_dir,
-          on_step: Callable | None = None) -> dict:
+          on_step: Callable | None = None, clock: Callable[[], float] = time.perf_counter) -> dict:
     """Train ``model`` (a module whose ``forward(batch, generator)`` returns ``(loss, logs)``).
 
     ``make_batch(indices)`` builds the batch of the given item indices. ``on_step(step, logs)``
-    is called after every step (tests use it to simulate a crash). Returns summary numbers.
+    is called after every step (tests use it to simulate a crash). ``clock()`` measures all
+    elapsed time (tests inject a fake one). Returns summary numbers.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -124,7 +131,7 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
 
-    start = 0
+    start, spent = 0, 0.0
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -132,20 +139,25 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
         start = int(state["step"])
+        spent = float(state.get("train_seconds", 0.0))  # older checkpoints: 0
         if main:
             _trim_log(log_path, start - 1)
     elif main and log_path.exists():
         log_path.unlink()
 
-    def checkpoint(step):
+    def checkpoint(step, seconds):
         if main:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None, "step": step}, ckpt_path)
+                         "ema": ema.state_dict() if ema is not None else None, "step": step,
+                         "train_seconds": float(seconds)}, ckpt_path)
         distributed.barrier()
 
     model.train()
-    t0, logs, last_loss = time.time(), {}, float("nan")
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
+    budget = cfg.max_seconds > 0
+    exhausted = budget and spent >= cfg.max_seconds and start < cfg.steps
+    done, seconds, stopped = start, spent, exhausted
+    t0, logs, last_loss = clock(), {}, float("nan")
+    bar = tqdm(range(start, start if exhausted else cfg.steps), initial=start, total=cfg.steps,
                disable=not (cfg.progress and main), desc="train", dynamic_ncols=True)
     for step in bar:
         seed = step_seed(cfg.seed, step) if world == 1 else step_seed(cfg.seed * 7_777 + rank, step)
@@ -176,13 +188,23 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
                 record["grad_norm"] = float(grad_norm)
             _append_jsonl(log_path, record)
             bar.set_postfix(loss=f"{last_loss:.4f}")
-        if (step + 1) % cfg.ckpt_every == 0 or step == cfg.steps - 1:
-            checkpoint(step + 1)
+        seconds, done = spent + (clock() - t0), step + 1
+        stop = budget and seconds >= cfg.max_seconds and done < cfg.steps
+        if budget and world > 1:  # rank 0 decides, so every rank stops at the same step
+            seconds, stop = distributed.broadcast_object((seconds, stop))
+        if stop or (step + 1) % cfg.ckpt_every == 0 or step == cfg.steps - 1:
+            checkpoint(step + 1, seconds)
         if on_step is not None:
             on_step(step, logs)
+        if stop:
+            stopped = True
+            break
+    bar.close()
     if start >= cfg.steps and not ckpt_path.exists():
-        checkpoint(cfg.steps)
-    return {"train_steps": cfg.steps, "train_seconds": time.time() - t0, "final_loss": last_loss}
+        done = cfg.steps
+        checkpoint(cfg.steps, seconds)
+    return {"train_steps": done, "train_seconds": seconds, "final_loss": last_loss,
+            "stopped_by_time": float(stopped), "planned_steps": cfg.steps}
 
 
 def load_weights(model: nn.Module, path, use_ema: bool = True) -> nn.Module:

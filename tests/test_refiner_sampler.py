@@ -7,7 +7,8 @@ from core.model import ScaleModel
 from core.pyramid import ResidualPyramid
 from core.quantizers import IdentityQuantizer, ScalarQuantizer
 from core.refiner import ScaleTransformer, attention_mask
-from core.sampler import CoarseToFineSampler, filter_logits, generate, member_seeds
+from core.sampler import (Guidance, NoiseShift, TokenScheduler, filter_logits, generate,
+                          member_seeds)
 from core.targets import make_head
 
 SIZES = [1, 2, 4, 8]
@@ -76,7 +77,7 @@ def test_one_refiner_call_per_scale(target, guidance):
     calls = []
     original = model.refiner.step
     model.refiner.step = lambda *a, **kw: calls.append(a[1]) or original(*a, **kw)
-    sampler = CoarseToFineSampler(guidance=guidance, schedule="linear", top_k=5)
+    sampler = TokenScheduler(top_k=5, guidance=Guidance(guidance, "linear"))
     cond = torch.arange(6) % 10
     samples, nfe = generate(model, sampler, cond, member_seeds(0, cond))
     assert calls == [0, 1, 2, 3] and nfe == 4
@@ -85,7 +86,7 @@ def test_one_refiner_call_per_scale(target, guidance):
 
 def test_member_is_the_same_whatever_its_batch():
     model = make_model()
-    sampler = CoarseToFineSampler(guidance=1.0)
+    sampler = TokenScheduler(guidance=Guidance(1.0))
     cond = torch.tensor([3, 5, 7, 9])
     all_four, _ = generate(model, sampler, cond, member_seeds(11, cond))
     third_alone, _ = generate(model, sampler, cond[2:3], member_seeds(11, cond[2:3], start=2))
@@ -95,21 +96,46 @@ def test_member_is_the_same_whatever_its_batch():
     assert torch.equal(again, all_four)
 
 
-def test_guidance_schedule_and_filters():
-    s = CoarseToFineSampler(guidance=3.0, schedule="linear")
+def test_guidance_schedules_give_the_weights_they_promise():
+    s = TokenScheduler(guidance=Guidance(3.0, "linear"))
     s.set_scales(4)
     assert s.weights == [0.0, 1.0, 2.0, 3.0]
+    assert Guidance(2.0).weights(3) == [2.0, 2.0, 2.0]
+    assert Guidance(2.0, "interval", (1, 2)).weights(5) == [0.0, 2.0, 2.0, 0.0, 0.0]
+    assert Guidance(2.0, "interval", (-2, -1)).weights(5) == [0.0, 0.0, 0.0, 2.0, 2.0]
+    assert not Guidance(0.0, "linear").guided and Guidance(0.5).guided
+    with pytest.raises(ValueError, match="schedule"):
+        Guidance(1.0, "cosine")
+    with pytest.raises(ValueError, match=">= 0"):
+        Guidance(-1.0)
+
+
+def test_interval_guidance_acts_only_on_its_scales():
+    model = make_model()
+    cond = torch.arange(4)
+    seen = []
+    predict = model.predict
+    model.predict = lambda state, k, c, **kw: seen.append((k, len(c))) or predict(state, k, c, **kw)
+    plain, _ = generate(model, TokenScheduler(), cond, member_seeds(0, cond))
+    off, _ = generate(model, TokenScheduler(guidance=Guidance(3.0, "interval", (4, 5))), cond,
+                      member_seeds(0, cond))
+    late, _ = generate(model, TokenScheduler(guidance=Guidance(3.0, "interval", (3, 3))), cond,
+                       member_seeds(0, cond))
+    assert torch.allclose(plain, off, atol=1e-5)  # an interval past the last scale guides nothing
+    assert not torch.equal(plain, late)
+    assert seen[-4:] == [(0, 8), (1, 8), (2, 8), (3, 8)]  # the batch is doubled throughout
+
+
+def test_filters():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     assert torch.isinf(filter_logits(logits, top_k=2)[0, :2]).all()
     nucleus = filter_logits(logits, top_p=0.5)
     assert torch.isfinite(nucleus[0, 3]) and torch.isinf(nucleus[0, 0])
-    with pytest.raises(ValueError, match="schedule"):
-        CoarseToFineSampler(schedule="cosine")
 
 
 def test_zero_temperature_is_greedy():
     model = make_model()
-    sampler = CoarseToFineSampler(temperature=0.0)
+    sampler = TokenScheduler(temperature=0.0)
     cond = torch.tensor([1, 1])
     out, _ = generate(model, sampler, cond, member_seeds(0, cond))
     assert torch.equal(out[0], out[1])
@@ -127,10 +153,11 @@ def test_noise_shift_with_zero_sigma_is_the_unshifted_run(target):
     model = calibrated(make_model(target=target))
     cond = torch.arange(5) % 10
     seeds = member_seeds(3, cond)
-    plain, _ = generate(model, CoarseToFineSampler(guidance=1.0), cond, seeds)
-    zero, nfe = generate(model, CoarseToFineSampler(guidance=1.0, shift_scale=1, shift_sigma=0.0), cond, seeds)
+    guided = TokenScheduler(guidance=Guidance(1.0))
+    plain, _ = generate(model, guided, cond, seeds)
+    zero, nfe = generate(model, guided, cond, seeds, [NoiseShift(1, 0.0)])
     assert torch.equal(plain, zero) and nfe == 4
-    moved, _ = generate(model, CoarseToFineSampler(guidance=1.0, shift_scale=1, shift_sigma=1.0), cond, seeds)
+    moved, _ = generate(model, guided, cond, seeds, [NoiseShift(1, 1.0)])
     assert not torch.allclose(plain, moved)
 
 
@@ -138,15 +165,15 @@ def test_noise_shift_grows_with_sigma_and_keeps_members_independent():
     model = calibrated(make_model(target="continuous"))
     cond = torch.tensor([3, 5, 7, 9])
     seeds = member_seeds(11, cond)
-    plain, _ = generate(model, CoarseToFineSampler(), cond, seeds)
+    plain, _ = generate(model, TokenScheduler(), cond, seeds)
     moves = []
     for sigma in (0.1, 0.5, 2.0):
-        shifted, _ = generate(model, CoarseToFineSampler(shift_scale=2, shift_sigma=sigma), cond, seeds)
+        shifted, _ = generate(model, TokenScheduler(), cond, seeds, [NoiseShift(2, sigma)])
         moves.append(float((shifted - plain).abs().mean()))
     assert 0 < moves[0] < moves[1] < moves[2]
-    sampler = CoarseToFineSampler(guidance=1.0, shift_scale=2, shift_sigma=0.5)
-    all_four, _ = generate(model, sampler, cond, seeds)
-    third_alone, _ = generate(model, sampler, cond[2:3], member_seeds(11, cond[2:3], start=2))
+    sampler, shift = TokenScheduler(guidance=Guidance(1.0)), [NoiseShift(2, 0.5)]
+    all_four, _ = generate(model, sampler, cond, seeds, shift)
+    third_alone, _ = generate(model, sampler, cond[2:3], member_seeds(11, cond[2:3], start=2), shift)
     assert torch.allclose(all_four[2:3], third_alone, atol=1e-6)
 
 
@@ -168,32 +195,23 @@ def test_perturb_draws_noise_of_the_calibrated_size_on_the_scale_grid():
 
 
 def test_noise_shift_errors_are_clear():
+    from omegaconf import OmegaConf
+    from core.sampler import from_config
     with pytest.raises(ValueError, match="shift_scale"):
-        CoarseToFineSampler(shift_sigma=0.5)
+        from_config(OmegaConf.create({"temperature": 1.0, "top_k": 0, "top_p": 1.0, "guidance": 0.0,
+                                      "guidance_schedule": "constant", "shift_sigma": 0.5,
+                                      "shift_scale": None}))
     with pytest.raises(ValueError, match="shift_sigma"):
-        CoarseToFineSampler(shift_scale=1, shift_sigma=-1.0)
+        NoiseShift(1, -1.0)
     model = make_model()
     cond = torch.tensor([1])
     with pytest.raises(RuntimeError, match="calibrate_shift"):
-        generate(model, CoarseToFineSampler(shift_scale=1, shift_sigma=0.5), cond, member_seeds(0, cond))
+        generate(model, TokenScheduler(), cond, member_seeds(0, cond), [NoiseShift(1, 0.5)])
     with pytest.raises(ValueError, match="out of range"):
-        generate(calibrated(model), CoarseToFineSampler(shift_scale=4, shift_sigma=0.5), cond,
-                 member_seeds(0, cond))
+        generate(calibrated(model), TokenScheduler(), cond, member_seeds(0, cond), [NoiseShift(4, 0.5)])
 
     class NoPerturb(torch.nn.Module):  # a protocol model without the optional hook
         num_scales, null_label = 2, 10
 
     with pytest.raises(ValueError, match="perturb"):
-        generate(NoPerturb(), CoarseToFineSampler(shift_scale=0, shift_sigma=0.5), cond, member_seeds(0, cond))
-
-
-def test_models_with_their_own_loop_get_the_batch():
-    class OwnLoop(torch.nn.Module):
-        num_scales, null_label = 7, 10
-
-        def generate(self, sampler, cond, seeds):
-            return torch.zeros(len(cond), 1, 2, 2) + sampler.guidance, 7
-
-    cond = torch.tensor([1, 2])
-    out, nfe = generate(OwnLoop(), CoarseToFineSampler(guidance=2.0), cond, member_seeds(0, cond))
-    assert nfe == 7 and torch.equal(out, torch.full((2, 1, 2, 2), 2.0))
+        generate(NoPerturb(), TokenScheduler(), cond, member_seeds(0, cond), [NoiseShift(0, 0.5)])

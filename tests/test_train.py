@@ -75,3 +75,81 @@ def test_learning_rate_warms_up_then_decays():
 def test_checkpoint_loading_refuses_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+class FakeClock:
+    """Advances ``tick`` seconds per call, so the trainer sees one tick per step."""
+
+    def __init__(self, tick=1.0):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def _weights_equal(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_stops_at_step_boundary_and_resume_equals_uninterrupted(tmp_path):
+    model, data, tcfg = tiny_digits(ema=0.9)
+    batch = lambda idx: (data.x[idx], data.cond[idx])  # noqa: E731
+    straight = train(model, len(data), batch, tcfg, tmp_path / "straight", clock=FakeClock())
+    assert straight["train_steps"] == straight["planned_steps"] == 6
+    assert straight["stopped_by_time"] == 0.0 and straight["train_seconds"] == 6.0
+    reference = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+
+    tcfg.max_seconds = 3.5  # one tick per step: spent 4 s after step 3, off the ckpt_every=3 grid
+    model2, _, _ = tiny_digits(ema=0.9)
+    stopped = train(model2, len(data), batch, tcfg, tmp_path / "budget", clock=FakeClock())
+    state = load_checkpoint(tmp_path / "budget" / "checkpoints" / "last.pt")
+    assert stopped["train_steps"] == state["step"] == 4 < tcfg.steps
+    assert stopped["stopped_by_time"] == 1.0 and stopped["planned_steps"] == 6
+    assert stopped["train_seconds"] == state["train_seconds"] == 4.0
+
+    tcfg.max_seconds, tcfg.resume = 0.0, True
+    model3, _, _ = tiny_digits(ema=0.9)
+    resumed = train(model3, len(data), batch, tcfg, tmp_path / "budget", clock=FakeClock())
+    final = load_checkpoint(tmp_path / "budget" / "checkpoints" / "last.pt")
+    assert resumed["train_steps"] == final["step"] == 6 and resumed["stopped_by_time"] == 0.0
+    assert resumed["train_seconds"] == final["train_seconds"] == 6.0  # 4 s before + 2 s now
+    for key in ("model", "ema"):
+        assert _weights_equal(reference[key], final[key]), key
+    steps = [json.loads(line)["step"] for line in (tmp_path / "budget" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(6))
+
+
+def test_resume_with_spent_time_budget_trains_no_further(tmp_path):
+    model, data, tcfg = tiny_digits()
+    batch = lambda idx: (data.x[idx], data.cond[idx])  # noqa: E731
+    tcfg.max_seconds = 2.0
+    first = train(model, len(data), batch, tcfg, tmp_path, clock=FakeClock())
+    before = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert first["train_steps"] == before["step"] == 2 and first["stopped_by_time"] == 1.0
+
+    tcfg.resume = True
+    calls = []
+    model2, _, _ = tiny_digits()
+    again = train(model2, len(data), batch, tcfg, tmp_path, clock=FakeClock(),
+                  on_step=lambda step, logs: calls.append(step))
+    after = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert calls == [] and after["step"] == 2
+    assert again["train_steps"] == 2 and again["stopped_by_time"] == 1.0
+    assert again["train_seconds"] == 2.0
+    assert _weights_equal(before["model"], after["model"])
+    assert _weights_equal(before["model"], model2.state_dict())
+
+
+def test_checkpoint_without_train_seconds_counts_as_zero(tmp_path):
+    model, data, tcfg = tiny_digits()
+    batch = lambda idx: (data.x[idx], data.cond[idx])  # noqa: E731
+    tcfg.steps = 3
+    train(model, len(data), batch, tcfg, tmp_path, clock=FakeClock())
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = load_checkpoint(path)
+    del state["train_seconds"]  # as written before the budget existed
+    torch.save(state, path)
+    tcfg.steps, tcfg.resume, tcfg.max_seconds = 6, True, 1.5
+    out = train(tiny_digits()[0], len(data), batch, tcfg, tmp_path, clock=FakeClock())
+    assert out["train_steps"] == 5 and out["train_seconds"] == 2.0 and out["stopped_by_time"] == 1.0

@@ -392,7 +392,7 @@ class GraphScaleModel(nn.Module):
         return float(self.token_log_likelihood([pyr], [graph.num_nodes], reduce="sum"))
 
     # ------------------------------------------------------------------ sampling
-    def init_state(self, cond: torch.Tensor) -> dict:
+    def init_state(self, cond: torch.Tensor, generators=None) -> dict:
         targets = [int(c) for c in cond.tolist()]
         if min(targets) < 1:
             raise ValueError(f"graph sizes to sample must be >= 1, got {min(targets)}")

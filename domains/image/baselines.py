@@ -20,8 +20,9 @@ How the core drives them (nothing in the core knows about them):
 * the AR follows the scale-model protocol with one "scale" per token: ``num_scales`` = number of
   tokens, so the core sampler draws every token (temperature, top-k/p, guidance and its schedule)
   and counts one call per token;
-* the DDPM runs its own loop (``generate(sampler, cond, seeds)``, which ``core.sampler.generate``
-  hands the batch to) and takes only the guidance weight and schedule from the sampler.
+* the DDPM follows it too, with the noisy image as its state and one "scale" per sampling step;
+  its scheduler (``DDPM.scheduler``: ``core.diffusion``'s DDPM or DDIM over the model's noise
+  schedule) takes the guidance weight and schedule of the sample settings.
 
 NFE counts network calls per sample. Guidance doubles the batch of one call (conditional and null
 label together), exactly as in the refiner and the AR, so a guided call counts once everywhere:
@@ -37,7 +38,8 @@ import torch.nn.functional as F
 
 from core.model import drop_labels
 from core.refiner import Block
-from core.sampler import CoarseToFineSampler
+from core.diffusion import DDIMScheduler, DDPMScheduler, respaced_timesteps
+from core.sampler import Guidance
 from core.targets import Prediction
 
 SAMPLERS = ("ddpm", "ddim")
@@ -202,8 +204,12 @@ class DDPM(nn.Module):
 
     def sampling_timesteps(self) -> list[int]:
         """The ``steps`` timesteps visited, from T-1 down to 0, evenly spaced."""
-        ts = torch.linspace(self.timesteps - 1, 0, self.steps, dtype=torch.float64).round().long()
-        return ts.tolist()
+        return respaced_timesteps(self.timesteps, self.steps)
+
+    def scheduler(self, guidance: Guidance | None = None):
+        """The scheduler of ``sampler`` over this model's noise schedule (``core.diffusion``)."""
+        kind = DDIMScheduler if self.sampler == "ddim" else DDPMScheduler
+        return kind(self.alphas_cumprod, self.steps, guidance)
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) epsilon (the forward noising)."""
@@ -221,54 +227,24 @@ class DDPM(nn.Module):
     def forward(self, batch, generator: torch.Generator | None = None):
         return self.loss(batch, generator)
 
-    def _eps(self, x, t: int, cond, guided: bool, w: float) -> torch.Tensor:
-        if not guided:
-            return self.unet(x, torch.full((len(x),), t, device=x.device), cond)
-        both = self.unet(torch.cat([x, x]), torch.full((2 * len(x),), t, device=x.device),
-                         torch.cat([cond, torch.full_like(cond, self.null_label)]))
-        eps_c, eps_u = both.chunk(2)
-        return (1 + w) * eps_c - w * eps_u
+    # the scale-model protocol (``core.protocol``): the state is the noisy image x_t
+    def init_state(self, cond: torch.Tensor, generators: list[torch.Generator]) -> dict:
+        """x_T: member i's starting noise from its own generator (both halves of a guided batch)."""
+        x = torch.stack([torch.randn(1, 28, 28, generator=g) for g in generators])
+        x = x.to(self.alphas_cumprod.device)
+        return {"x": x.repeat(len(cond) // len(x), 1, 1, 1)}
 
-    @torch.no_grad()
-    def generate(self, sampler: CoarseToFineSampler, cond: torch.Tensor, seeds: list[int]):
-        """Samples [B, 1, 28, 28] and the number of network calls per sample.
+    def predict(self, state: dict, t: int, cond: torch.Tensor) -> dict:
+        x = state["x"]
+        eps = self.unet(x, torch.full((len(x),), t, device=x.device), cond.to(x.device))
+        return {"x": Prediction("epsilon", eps, sample=x)}
 
-        Member i's starting noise (and, for the ancestral sampler, every step's noise) comes from
-        its own generator seeded ``seeds[i]``, so a member does not depend on its batch; DDIM is a
-        deterministic map of the starting noise. Guidance weight per step: ``sampler.weights``
-        (constant, or the linear ramp from 0 at the first, noisiest step to w at the last).
-        """
-        if len(seeds) != len(cond):
-            raise ValueError(f"need one seed per sample: {len(seeds)} seeds for {len(cond)} conditions")
-        device = self.alphas_cumprod.device
-        generators = [torch.Generator().manual_seed(s) for s in seeds]
+    def add_band(self, state: dict, tokens: dict, k: int) -> dict:
+        state["x"] = tokens["x"]
+        return state
 
-        def noise():
-            return torch.stack([torch.randn(1, 28, 28, generator=g) for g in generators]).to(device)
-
-        ts = self.sampling_timesteps()
-        sampler.set_scales(len(ts))
-        cond = cond.to(device)
-        x = noise()
-        calls = 0
-        for i, t in enumerate(ts):
-            eps = self._eps(x, t, cond, sampler.guided, sampler.weights[i])
-            calls += 1
-            abar = self.alphas_cumprod[t]
-            abar_prev = self.alphas_cumprod[ts[i + 1]] if i + 1 < len(ts) else abar.new_tensor(1.0)
-            x0 = ((x - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1, 1)
-            if self.sampler == "ddim":
-                # the noise that goes with the clipped x0: with the raw (guided) prediction the
-                # state drifts off the schedule whenever the clip acts, and errors compound
-                eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
-                x = abar_prev.sqrt() * x0 + (1 - abar_prev).sqrt() * eps
-                continue
-            beta = 1 - abar / abar_prev  # the (respaced) step's beta
-            mean = (abar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * (1 - abar_prev) * x) / (1 - abar)
-            x = mean
-            if i + 1 < len(ts):
-                x = x + (beta * (1 - abar_prev) / (1 - abar)).sqrt() * noise()
-        return x.clamp(-1, 1), calls
+    def finish(self, state: dict) -> torch.Tensor:
+        return state["x"]
 
 
 # ---------------------------------------------------------------- next-token AR over the codes
@@ -354,7 +330,7 @@ class CodeAR(nn.Module):
         return self.loss(batch, generator)
 
     # the scale-model protocol, one token per "scale"
-    def init_state(self, cond: torch.Tensor) -> dict:
+    def init_state(self, cond: torch.Tensor, generators=None) -> dict:
         return {"codes": [], "cache": []}
 
     def predict(self, state: dict, k: int, cond: torch.Tensor) -> dict:

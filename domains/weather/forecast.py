@@ -21,11 +21,12 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from core import distributed
 from core.io import atomic_path
-from core.sampler import CoarseToFineSampler, generate, member_seed
+from core.sampler import from_config, generate, member_seed
 from domains.weather.data import WeatherDataError
 
 DIMS_LEVEL = ("time", "prediction_timedelta", "number", "level", "latitude", "longitude")
@@ -103,12 +104,14 @@ def write_zarr_atomic(ds: xr.Dataset, path: Path) -> Path:
 
 @torch.no_grad()
 def rollout(model, data, state_ll: torch.Tensor, previous_ll: torch.Tensor, t0, members: int,
-            lead_steps: int, sampler: CoarseToFineSampler, seed: int) -> tuple[np.ndarray, int]:
+            lead_steps: int, sampling: tuple, seed: int) -> tuple[np.ndarray, int]:
     """Members of one initial time: [L, M, C, lat, lon] in physical units, and refiner calls.
 
     ``state_ll`` / ``previous_ll`` are the analyses at t0 and t0 - Δt [C, lat, lon] (physical).
-    Member m's draws at step n are seeded by (run seed, t0, n, m) alone.
+    Member m's draws at step n are seeded by (run seed, t0, n, m) alone. ``sampling`` is the
+    (scheduler, extensions) pair of ``core.sampler.from_config``.
     """
+    scheduler, extensions = sampling
     norm, support = data.normalizer, data.support
     support_dims = data.fields.ndim - 2
     inc_std = torch.as_tensor(np.asarray(norm.increment_std), dtype=torch.float32)
@@ -125,8 +128,8 @@ def rollout(model, data, state_ll: torch.Tensor, previous_ll: torch.Tensor, t0, 
     out, calls = [], 0
     for n in range(lead_steps):
         valid = np.full(members, start + (n + 1) * step)
-        d, nfe = generate(model, sampler, data.condition(cur, prev, valid),
-                          [member_seed(seed, f"{start}/{n}", m) for m in range(members)])
+        d, nfe = generate(model, scheduler, data.condition(cur, prev, valid),
+                          [member_seed(seed, f"{start}/{n}", m) for m in range(members)], extensions)
         calls += nfe
         prev, cur = cur, cur + d / data.ratio
         ll = ll + support.to_latlon(d * inc_std).float()
@@ -159,7 +162,7 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
                        f.get("init_times"))
     parts_dir = run_dir / "forecast_parts"
     s = cfg.sample
-    sampler = CoarseToFineSampler(s.temperature, s.top_k, s.top_p)
+    sampling = from_config(OmegaConf.merge(s, {"guidance": 0.0}), model)  # no classes to guide
     model.eval()
     step = (times[stride] - times[0]).astype("timedelta64[ns]")
     leads = np.arange(1, lead_steps + 1) * step
@@ -180,7 +183,7 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
         i = index[np.datetime64(t0, "ns")]
         tick = time.perf_counter()
         values, nfe = rollout(model, data, torch.from_numpy(fields[i]), torch.from_numpy(fields[i - stride]),
-                              t0, int(f.members), lead_steps, sampler, int(cfg.seed))
+                              t0, int(f.members), lead_steps, sampling, int(cfg.seed))
         seconds += time.perf_counter() - tick
         calls += nfe
         done += 1

@@ -93,9 +93,9 @@ class WeatherScaleModel(ScaleModel):
         pred = self.head(self.refiner(inputs, self._no_label(cond)))
         return self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))
 
-    def predict(self, state: dict, k: int, cond: torch.Tensor) -> dict:
+    def predict(self, state: dict, k: int, cond: torch.Tensor, own=None, visible=None) -> dict:
         context = self._inputs(flat(self.pyramid.context(state["z"], k)), cond, k)
-        h = self.refiner.step(context, k, self._no_label(cond), state["cache"])
+        h = self._step(context, k, self._no_label(cond), state["cache"], own, visible)
         return {"band": self.head(h)}
 
 

@@ -7,7 +7,7 @@ import torch
 
 from core.run import build_model, compose_config, run
 from core.plugins import get_domain
-from core.sampler import CoarseToFineSampler, generate, member_seeds
+from core.sampler import Redraw, TokenScheduler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens
 from domains.graph.data import Graph, GraphDataError, load_graph_split, save_graph_splits
 from domains.graph.model import (TRANSPOSE, GraphScaleModel, draw_rounds, fit_to_target,
@@ -133,7 +133,7 @@ def test_separated_sampling_never_expands_neighbours_together():
 
     model._compose_row = spy
     cond = torch.tensor([30, 24])
-    graphs, _ = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    graphs, _ = generate(model, TokenScheduler(), cond, member_seeds(0, cond))
     assert [g.num_nodes for g in graphs] == [30, 24] and seen and not any(seen)
 
 
@@ -143,10 +143,12 @@ def test_sampling_makes_one_call_per_level_and_hits_the_size():
     forward = model.refiner.forward
     model.refiner.forward = lambda *a: calls.append(1) or forward(*a)
     cond = torch.tensor([64, 20, 1, 37])
-    graphs, nfe = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    stats = {}
+    graphs, nfe = generate(model, TokenScheduler(), cond, member_seeds(0, cond), stats=stats)
     assert [g.num_nodes for g in graphs] == [64, 20, 1, 37]
-    assert nfe == len(calls) and 6 <= nfe <= model.num_scales  # at least log2(64) levels
-    again, _ = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    assert stats["nfe_backbone"] == len(calls) and 6 <= len(calls) <= model.num_scales  # >= log2(64)
+    assert nfe == 2 * len(calls) == stats["nfe_backbone"] + stats["nfe_head"]  # + the edge head per level
+    again, _ = generate(model, TokenScheduler(), cond, member_seeds(0, cond))
     assert all(np.array_equal(a.edges, b.edges) for a, b in zip(graphs, again))
 
 
@@ -224,10 +226,11 @@ def test_walk_order_sampling_is_reproducible_and_sized():
     model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=6, edge_layers=1,
                             separated=True, edge_order="walk", constraint="planar").eval()
     cond = torch.tensor([20, 9])
-    graphs, nfe = generate(model, CoarseToFineSampler(max_redraws=20), cond, member_seeds(0, cond))
-    assert [g.num_nodes for g in graphs] == [20, 9] and nfe <= model.num_scales
+    stats = {}
+    graphs, nfe = generate(model, TokenScheduler(), cond, member_seeds(0, cond), [Redraw(20)], stats)
+    assert [g.num_nodes for g in graphs] == [20, 9] and stats["nfe_backbone"] <= model.num_scales
     assert all(satisfies(g.num_nodes, g.edges, "planar") for g in graphs)
-    again, _ = generate(model, CoarseToFineSampler(max_redraws=20), cond[1:], member_seeds(0, cond)[1:])
+    again, _ = generate(model, TokenScheduler(), cond[1:], member_seeds(0, cond)[1:], [Redraw(20)])
     assert np.array_equal(again[0].edges, graphs[1].edges)  # redraws use each row's own rounds
 
 
@@ -235,14 +238,15 @@ def test_constrained_draws_keep_every_sample_a_tree():
     torch.manual_seed(0)
     model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=2, constraint="tree").eval()
     cond = torch.tensor([10, 12, 6])
-    plain, nfe = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    plain, nfe = generate(model, TokenScheduler(), cond, member_seeds(0, cond))
     stats = {}
-    graphs, nfe_c = generate(model, CoarseToFineSampler(max_redraws=200), cond, member_seeds(0, cond), stats)
-    assert nfe_c <= model.num_scales and stats["redraws"] > 0
+    graphs, nfe_c = generate(model, TokenScheduler(), cond, member_seeds(0, cond), [Redraw(200)], stats)
+    assert stats["nfe_backbone"] <= model.num_scales and stats["redraws"] > 0
+    assert nfe_c > stats["nfe_backbone"] + 2 * stats["nfe_backbone"]  # redraws re-run the edge head
     assert not all(satisfies(g.num_nodes, g.edges, "tree") for g in plain)  # untrained: rarely trees
     assert all(satisfies(g.num_nodes, g.edges, "tree") for g in graphs)
     # a sample does not depend on the rest of its batch
-    alone, _ = generate(model, CoarseToFineSampler(max_redraws=200), cond[1:2], member_seeds(0, cond)[1:2])
+    alone, _ = generate(model, TokenScheduler(), cond[1:2], member_seeds(0, cond)[1:2], [Redraw(200)])
     assert np.array_equal(alone[0].edges, graphs[1].edges)
     with pytest.raises(ValueError, match="two_hop"):
         GraphScaleModel(constraint="planar", two_hop=True)

@@ -10,7 +10,7 @@ from core.data import TensorData
 from core.io import default_cache_dir, save_atomic
 from core.plugins import get_domain
 from core.run import ConfigError, build_model, compose_config, run
-from core.sampler import CoarseToFineSampler, generate, member_seeds
+from core.sampler import Guidance, TokenScheduler, generate, member_seeds
 from domains.image import classifier as C
 from domains.image import plugin
 from domains.image.baselines import DDPM, UNet, CodeAR, build_ar, build_ddpm
@@ -101,7 +101,7 @@ def test_samplers_with_the_exact_noise_predictor_follow_the_textbook_updates(sam
     s = 0.3  # data N(0, s^2) per pixel: the update formulas alone decide the output's spread
     model = oracle_ddpm(s, sampler, steps)
     cond = torch.zeros(16, dtype=torch.long)  # 12,544 independent pixels
-    x, nfe = generate(model, CoarseToFineSampler(), cond, member_seeds(0, cond))
+    x, nfe = generate(model, model.scheduler(), cond, member_seeds(0, cond))
     assert nfe == steps == model.unet.calls
     assert float(x.mean()) == pytest.approx(0.0, abs=0.01)
     assert float(x.std()) == pytest.approx(expected_std(model, s), rel=0.04)
@@ -111,7 +111,7 @@ def test_samplers_with_the_exact_noise_predictor_follow_the_textbook_updates(sam
 
 def test_ddim_is_deterministic_given_the_seeds_and_members_are_independent():
     model = DDPM(tiny_unet(), sampler="ddim", steps=10).eval()
-    sampler = CoarseToFineSampler(guidance=2.0)
+    sampler = model.scheduler(Guidance(2.0))
     cond = torch.tensor([1, 4, 7])
     a, _ = generate(model, sampler, cond, member_seeds(5, cond))
     b, _ = generate(model, sampler, cond, member_seeds(5, cond))
@@ -121,6 +121,7 @@ def test_ddim_is_deterministic_given_the_seeds_and_members_are_independent():
     alone, _ = generate(model, sampler, cond[1:2], member_seeds(5, cond[1:2], start=1))
     assert torch.allclose(alone, a[1:2], atol=1e-5)
     model.set_sampler("ddpm", 20)  # ancestral: random at every step, still reproducible
+    sampler = model.scheduler(Guidance(2.0))
     d, _ = generate(model, sampler, cond, member_seeds(5, cond))
     e, _ = generate(model, sampler, cond, member_seeds(5, cond))
     assert torch.equal(d, e)
@@ -133,7 +134,7 @@ def test_nfe_counts_network_calls_and_guidance_shares_the_call(guidance):
     original = model.unet.forward
     model.unet.forward = lambda x, t, c: batches.append(len(x)) or original(x, t, c)
     cond = torch.arange(3)
-    x, nfe = generate(model, CoarseToFineSampler(guidance=guidance), cond, member_seeds(0, cond))
+    x, nfe = generate(model, model.scheduler(Guidance(guidance)), cond, member_seeds(0, cond))
     assert nfe == 10 and len(batches) == 10
     assert set(batches) == {6 if guidance else 3}  # guided: conditional + null label in one call
     assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1
@@ -195,7 +196,7 @@ def test_ar_nfe_is_the_number_of_tokens_and_decodes_its_codes():
     finish = model.finish
     model.finish = lambda state: finished.append(torch.stack(state["codes"], 1)) or finish(state)
     cond = torch.arange(3)
-    sampler = CoarseToFineSampler(guidance=1.5, schedule="linear")
+    sampler = TokenScheduler(guidance=Guidance(1.5, "linear"))
     x, nfe = generate(model, sampler, cond, member_seeds(0, cond))
     assert nfe == model.length and calls == list(range(model.length))
     assert x.shape == (3, 1, 28, 28)

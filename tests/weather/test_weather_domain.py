@@ -7,7 +7,7 @@ import torch
 import xarray as xr
 
 from core.run import compose_config, run
-from core.sampler import CoarseToFineSampler, generate
+from core.sampler import TokenScheduler, generate
 from domains.weather import fields as F
 from domains.weather.model import forcings
 
@@ -37,7 +37,7 @@ def test_model_conditions_on_the_state_and_calls_once_per_scale(trained):
     calls = []
     original = model.refiner.step
     model.refiner.step = lambda *a, **kw: calls.append(a[1]) or original(*a, **kw)
-    sampler = CoarseToFineSampler(temperature=0.0)
+    sampler = TokenScheduler(temperature=0.0)
     out, nfe = generate(model, sampler, cond, [0, 1])
     assert nfe == 3 and calls == [0, 1, 2] and out.shape == target.shape
     # the condition matters, and only for its own example

@@ -1,0 +1,82 @@
+"""Cached pieces record the config and commit that made them, and a stale piece is refused."""
+import json
+
+import pytest
+
+from core.provenance import (StalePieceError, check_piece, config_hash, current_commit,
+                             provenance_label, record_piece)
+
+CONFIG = {"seed": 0, "model": {"target": "index", "num_codes": 256},
+          "train": {"steps": 100, "batch_size": 64}, "domain": {"scales": [1, 2, 4]}}
+
+
+def test_hash_ignores_key_order_and_follows_values():
+    reordered = {"domain": {"scales": [1, 2, 4]}, "train": {"batch_size": 64, "steps": 100},
+                 "model": {"num_codes": 256, "target": "index"}, "seed": 0}
+    assert config_hash(reordered) == config_hash(CONFIG)
+    assert len(config_hash(CONFIG)) == 16
+    changed = json.loads(json.dumps(CONFIG))
+    changed["train"]["steps"] = 101
+    assert config_hash(changed) != config_hash(CONFIG)
+    changed = json.loads(json.dumps(CONFIG))
+    changed["domain"]["scales"] = [1, 4, 2]  # list order is part of the config
+    assert config_hash(changed) != config_hash(CONFIG)
+
+
+def test_hash_of_an_omegaconf_config_is_that_of_its_resolved_dict():
+    omegaconf = pytest.importorskip("omegaconf")
+    cfg = omegaconf.OmegaConf.create({"a": 3, "b": "${a}", "nested": {"c": [1, 2]}})
+    assert config_hash(cfg) == config_hash({"nested": {"c": [1, 2]}, "b": 3, "a": 3})
+
+
+def test_record_then_check_with_the_same_config(tmp_path):
+    folder = tmp_path / "piece"
+    assert check_piece(folder, CONFIG) is None  # nothing there yet
+    record = record_piece(folder, CONFIG, steps_done=100)
+    stored = json.loads((folder / "provenance.json").read_text())
+    assert stored == record
+    assert record["config_hash"] == config_hash(CONFIG) and record["config"] == CONFIG
+    assert record["steps_done"] == 100 and record["created"].endswith("+00:00")
+    (folder / "metrics.json").write_text("{}")
+    reordered = dict(reversed(list(CONFIG.items())))
+    assert check_piece(folder, reordered) == record
+    assert provenance_label(record).startswith(f"cfg {record['config_hash']} @ ")
+
+
+def test_check_with_a_changed_config_names_the_changed_key(tmp_path):
+    folder = tmp_path / "piece"
+    record_piece(folder, CONFIG)
+    changed = json.loads(json.dumps(CONFIG))
+    changed["model"]["target"] = "bits"
+    changed["train"]["lr"] = 1e-4
+    with pytest.raises(StalePieceError) as err:
+        check_piece(folder, changed)
+    msg = str(err.value)
+    assert str(folder) in msg
+    assert 'model.target: "index" -> "bits"' in msg
+    assert "train.lr: <absent> -> 0.0001" in msg
+    assert "train.steps" not in msg  # unchanged keys are not listed
+    assert "delete the folder or pass another --out" in msg
+
+
+def test_many_changes_are_cut_short(tmp_path):
+    old = {f"k{i}": i for i in range(12)}
+    record_piece(tmp_path, old)
+    with pytest.raises(StalePieceError, match="and 7 more"):
+        check_piece(tmp_path, {k: v + 1 for k, v in old.items()})
+
+
+def test_legacy_piece_without_provenance_is_refused(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"fd": 1.0}))
+    with pytest.raises(StalePieceError, match="no provenance.json") as err:
+        check_piece(tmp_path, CONFIG)
+    assert "delete the folder or pass another --out" in str(err.value)
+
+
+def test_commit_is_a_non_empty_string(tmp_path):
+    commit = current_commit()
+    assert isinstance(commit, str) and commit
+    assert current_commit(tmp_path) == "unknown"  # not a repository: no error
+    assert provenance_label({"config_hash": "1a2b3c4d5e6f7a8b", "commit": "9bec9e0" + "0" * 33}) \
+        == "cfg 1a2b3c4d5e6f7a8b @ 9bec9e0"
+    assert provenance_label({"config_hash": "ab", "commit": "9bec9e0aaaa+dirty"}) == "cfg ab @ 9bec9e0+dirty"
