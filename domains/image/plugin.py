@@ -10,6 +10,9 @@ uniformly quantised to ``model.num_codes`` levels.
 next-token transformer over the tokenizer's codes) instead of the refiner, through ``c2f_model``:
 same data, trainer, sampling task and metrics.
 Metrics use a LeNet trained by the project on MNIST train (``classifier.py``).
+``domain.val_size=N`` carves the last N training images (file order) into a "val" split that
+"train" (the refiner's and the tokenizer's data, and the floor's real images) leaves out;
+``domain.eval_split=val`` scores the metrics against it instead of MNIST test.
 """
 from __future__ import annotations
 
@@ -22,15 +25,68 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from core.data import check_samples
+from core.data import TensorData, check_samples
 from core.grid import GridOps
 from core.hookspecs import hookimpl
 from domains.image.classifier import default_cache_dir, load_or_train_classifier
-from domains.image.data import mnist_tensor_data
+from domains.image.data import load_mnist, mnist_tensor_data, to_unit_range
+
+EVAL_SPLITS = ("test", "val")
 
 
 def _data_dir(cfg) -> Path:
     return Path(os.path.expanduser(str(cfg.domain.data_dir))).resolve()
+
+
+def _val_size(cfg) -> int:
+    n = cfg.domain.get("val_size") or 0
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"domain.val_size must be an integer >= 0, got {n!r}")
+    return n
+
+
+def _eval_split(cfg) -> str:
+    split = cfg.domain.get("eval_split", "test")
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"unknown domain.eval_split {split!r}; choose one of {', '.join(EVAL_SPLITS)}")
+    return split
+
+
+def _train_images(data_dir: Path, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_mnist(data_dir, "train")
+    if val_size >= len(images):
+        raise ValueError(f"domain.val_size={val_size} leaves no training images "
+                         f"(MNIST train holds {len(images)})")
+    return images, labels
+
+
+def _train_part(data_dir: Path, val_size: int, limit: int | None = None) -> TensorData:
+    """MNIST train without its last ``val_size`` images; ``limit`` keeps the first N of the rest."""
+    if val_size == 0:
+        return mnist_tensor_data(data_dir, "train", limit)
+    images, labels = _train_images(data_dir, val_size)
+    stop = len(images) - val_size
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive integer or None, got {limit}")
+        stop = min(stop, limit)
+    return TensorData(x=to_unit_range(images[:stop]).unsqueeze(1), cond=labels[:stop])
+
+
+def _val_part(data_dir: Path, val_size: int) -> TensorData:
+    """The last ``val_size`` MNIST training images, in file order."""
+    if val_size == 0:
+        raise ValueError("the image 'val' split is empty: set domain.val_size > 0 "
+                         "(the last N training images form it)")
+    images, labels = _train_images(data_dir, val_size)
+    return TensorData(x=to_unit_range(images[-val_size:]).unsqueeze(1), cond=labels[-val_size:])
+
+
+def _reference(data_dir: Path, eval_split: str, val_size: int, reference: int | None) -> torch.Tensor:
+    """The real images the metrics score against: the first ``reference`` of test or val."""
+    if eval_split == "val":
+        return _val_part(data_dir, val_size).x[:reference]
+    return mnist_tensor_data(data_dir, "test").x[:reference]
 
 
 def _tokenizer_settings(cfg) -> dict:
@@ -39,8 +95,10 @@ def _tokenizer_settings(cfg) -> dict:
 
 def tokenizer_cache_path(cfg) -> Path:
     """Cached tokenizer for these settings and data (a hash of both)."""
-    key = json.dumps({"settings": _tokenizer_settings(cfg), "data": str(_data_dir(cfg)),
-                      "seed": cfg.seed}, sort_keys=True)
+    key = {"settings": _tokenizer_settings(cfg), "data": str(_data_dir(cfg)), "seed": cfg.seed}
+    if _val_size(cfg):  # trained without the val images (0 keeps the earlier cache names)
+        key["val_size"] = _val_size(cfg)
+    key = json.dumps(key, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return default_cache_dir() / f"mnist_tokenizer_{digest}.pt"
 
@@ -50,7 +108,7 @@ def train_and_save_tokenizer(cfg, path: Path) -> dict:
 
     settings = _tokenizer_settings(cfg)
     train_kw = settings.pop("train")
-    data = mnist_tensor_data(_data_dir(cfg), "train", cfg.domain.limit)
+    data = _train_part(_data_dir(cfg), _val_size(cfg), cfg.domain.limit)
     torch.manual_seed(cfg.seed)
     model = VQTokenizer(**settings)
     metrics = train_tokenizer(model, data.x, seed=cfg.seed, progress=cfg.progress, **train_kw)
@@ -71,8 +129,13 @@ def load_or_train_tokenizer(cfg):
 
 @hookimpl
 def c2f_load_data(cfg, split):
-    return mnist_tensor_data(_data_dir(cfg), "test" if split in ("val", "test") else "train",
-                             cfg.domain.limit if split == "train" else None)
+    if split == "train":
+        return _train_part(_data_dir(cfg), _val_size(cfg), cfg.domain.limit)
+    if split == "val":
+        return _val_part(_data_dir(cfg), _val_size(cfg))
+    if split == "test":
+        return mnist_tensor_data(_data_dir(cfg), "test")
+    raise ValueError(f"unknown image split {split!r}; choose train, val or test")
 
 
 @hookimpl
@@ -121,28 +184,32 @@ def c2f_evaluate(cfg, samples, run_dir):
 
     x, cond = samples["samples"], samples["cond"]
     check_samples(x, (1, 28, 28), "image")
-    clf, test_acc = _judge(str(_data_dir(cfg)), cfg.domain.classifier_seed, bool(cfg.progress))
+    eval_split, val_size = _eval_split(cfg), _val_size(cfg)
     reference = cfg.domain.get("eval_reference")
-    real = mnist_tensor_data(_data_dir(cfg), "test").x[:reference]
+    real = _reference(_data_dir(cfg), eval_split, val_size, reference)
+    clf, test_acc = _judge(str(_data_dir(cfg)), cfg.domain.classifier_seed, bool(cfg.progress))
     out = image_metrics(clf, x.clamp(-1, 1), cond, real)
     out["classifier_test_accuracy"] = test_acc
+    out["eval_split_is_val"] = float(eval_split == "val")
     out.update(_floor(str(_data_dir(cfg)), cfg.domain.classifier_seed, len(x), bool(cfg.progress),
-                      reference))
+                      reference, val_size, eval_split))
     if out["floor_fd"] > 0:
         out["fd_over_floor"] = out["fd"] / out["floor_fd"]
     return out
 
 
 @lru_cache(maxsize=4)
-def _floor(data_dir: str, seed: int, n: int, progress: bool, reference: int | None = None) -> dict:
-    """The same metrics for n real training images against the same test set: the value a
-    perfect generator would get with as many samples (Fréchet distance depends on n)."""
+def _floor(data_dir: str, seed: int, n: int, progress: bool, reference: int | None = None,
+           val_size: int = 0, eval_split: str = "test") -> dict:
+    """The same metrics for n real training images (never the val ones) against the samples'
+    reference set: the value a perfect generator would get with as many samples (Fréchet
+    distance depends on n)."""
     from domains.image.metrics import image_metrics
 
     clf, _ = _judge(data_dir, seed, progress)
-    train = mnist_tensor_data(Path(data_dir), "train")
+    train = _train_part(Path(data_dir), val_size)
     index = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    real = mnist_tensor_data(Path(data_dir), "test").x[:reference]
+    real = _reference(Path(data_dir), eval_split, val_size, reference)
     metrics = image_metrics(clf, train.x[index], train.cond[index], real)
     return {f"floor_{k}": v for k, v in metrics.items()}
 

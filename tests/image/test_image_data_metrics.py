@@ -198,6 +198,59 @@ def test_frechet_distance_rejects_bad_input():
 
 
 # --------------------------------------------------------------------------------------------
+# kernel distance (KID)
+# --------------------------------------------------------------------------------------------
+
+
+def _naive_kid(a, b):
+    """Unbiased squared MMD, cubic polynomial kernel, with explicit loops over all pairs."""
+    m, d = len(a), a.shape[1]
+
+    def k(x, y):
+        return (sum(float(xi) * float(yi) for xi, yi in zip(x, y)) / d + 1.0) ** 3
+
+    xx = sum(k(a[i], a[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a[i], b[j]) for i in range(m) for j in range(m)) / (m * m)
+    return xx + yy - 2.0 * xy
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.7])
+def test_kernel_distance_matches_naive_unbiased_formula(shift):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(12, 5))
+    b = rng.normal(size=(12, 5)) * 1.3 + shift
+    ref = _naive_kid(a, b)
+    # one subset holding every item: a permutation of each set, which the estimate ignores
+    ours = M.kernel_distance(a, b, subsets=1, subset_size=100)
+    assert ours == pytest.approx(ref, rel=1e-10, abs=1e-12)
+    assert M.kernel_distance(b, a, subsets=3, subset_size=12) == pytest.approx(ref, rel=1e-10)
+    assert M.kernel_distance(torch.from_numpy(a), torch.from_numpy(b), subsets=1) == pytest.approx(ref)
+    # seeded subsets: deterministic, and a different seed draws different subsets
+    big_a, big_b = rng.normal(size=(60, 5)), rng.normal(size=(50, 5))
+    one = M.kernel_distance(big_a, big_b, subsets=4, subset_size=20, seed=1)
+    assert one == M.kernel_distance(big_a, big_b, subsets=4, subset_size=20, seed=1)
+    assert one != M.kernel_distance(big_a, big_b, subsets=4, subset_size=20, seed=2)
+    with pytest.raises(ValueError):
+        M.kernel_distance(np.zeros((10, 3)), np.zeros((10, 4)))
+    with pytest.raises(ValueError):
+        M.kernel_distance(a, b, subsets=0)
+
+
+def test_kernel_distance_near_zero_for_one_distribution_positive_for_a_shift():
+    rng = np.random.default_rng(4)
+    d = 16
+    mix = rng.normal(size=(d, d)) / np.sqrt(d)
+    a = rng.normal(size=(2000, d)) @ mix
+    same = rng.normal(size=(2000, d)) @ mix
+    shifted = rng.normal(size=(2000, d)) @ mix + 0.5
+    kid_same = M.kernel_distance(a, same)
+    kid_shift = M.kernel_distance(a, shifted)
+    assert abs(kid_same) < 0.02 and kid_shift > 0.5
+    assert kid_shift > 20 * abs(kid_same)
+
+
+# --------------------------------------------------------------------------------------------
 # improved precision / recall
 # --------------------------------------------------------------------------------------------
 
@@ -303,14 +356,15 @@ def test_image_metrics_api_with_an_untrained_judge(mnist_dir):
     images, labels = load_mnist(mnist_dir, "test")
     fake, real = to_unit_range(images[:300]).unsqueeze(1), images[300:700]   # float and uint8
     out = M.image_metrics(judge, fake, labels[:300], real, batch_size=128)
-    assert set(out) == {"fd", "precision", "recall", "class_accuracy"}
+    assert set(out) == {"fd", "kid", "precision", "recall", "class_accuracy"}
     assert all(isinstance(v, float) for v in out.values())
     assert out["fd"] > 0 and 0 <= out["class_accuracy"] <= 1
-    assert set(M.image_metrics(judge, fake, None, real)) == {"fd", "precision", "recall"}
+    assert set(M.image_metrics(judge, fake, None, real)) == {"fd", "kid", "precision", "recall"}
     noisy = fake + 0.8 * torch.randn_like(fake)
     assert M.image_metrics(judge, noisy, None, real)["fd"] > out["fd"]
     floor = M.real_floor(judge, images[:2000], images[5000:], n=300, train_labels=labels[:2000])
-    assert set(floor) == {"floor_fd", "floor_precision", "floor_recall", "floor_class_accuracy"}
+    assert set(floor) == {"floor_fd", "floor_kid", "floor_precision", "floor_recall",
+                          "floor_class_accuracy"}
     with pytest.raises(ValueError, match="NaN"):
         M.image_metrics(judge, torch.full_like(fake, float("nan")), None, real)
     with pytest.raises(ValueError, match="labels"):

@@ -44,6 +44,117 @@ def test_missing_mnist_file_is_named(tmp_path):
 @pytest.mark.slow
 def test_evaluation_reports_all_metrics(tmp_path, shared_data):
     m = run(compose_config(tiny(shared_data, "domain.space=pixel", "task=all")), tmp_path)
-    for key in ("fd", "precision", "recall", "class_accuracy", "classifier_test_accuracy", "nfe"):
+    for key in ("fd", "kid", "precision", "recall", "class_accuracy", "classifier_test_accuracy", "nfe",
+                "floor_fd", "floor_kid", "eval_split_is_val"):
         assert key in m, key
-    assert m["classifier_test_accuracy"] >= 0.99
+    assert m["classifier_test_accuracy"] >= 0.99 and m["eval_split_is_val"] == 0.0
+
+
+# ---------------------------------------------------------------- the val split and eval_split
+def _cfg(shared_data, *extra):
+    return compose_config(["domain=image", "progress=false", f"domain.data_dir={shared_data / 'mnist'}",
+                           *extra])
+
+
+def test_val_split_is_the_tail_of_train_and_disjoint_from_it(shared_data):
+    from domains.image import plugin
+    from domains.image.data import mnist_tensor_data
+
+    full = mnist_tensor_data(shared_data / "mnist", "train")
+    cfg = _cfg(shared_data, "domain.val_size=1000")
+    train, val = plugin.c2f_load_data(cfg, "train"), plugin.c2f_load_data(cfg, "val")
+    assert len(train) == 59_000 and len(val) == 1000
+    # disjoint and, in file order, together the whole training set
+    assert torch.equal(torch.cat([train.x, val.x]), full.x)
+    assert torch.equal(torch.cat([train.cond, val.cond]), full.cond)
+    limited = plugin.c2f_load_data(_cfg(shared_data, "domain.val_size=1000", "domain.limit=100"), "train")
+    assert torch.equal(limited.x, full.x[:100]) and torch.equal(limited.cond, full.cond[:100])
+    assert len(plugin.c2f_load_data(_cfg(shared_data, "domain.val_size=59990", "domain.limit=100"),
+                                    "train")) == 10
+    # val_size=0 (the default): train is all of it, as before, and there is no val split
+    cfg0 = _cfg(shared_data)
+    assert cfg0.domain.val_size == 0 and cfg0.domain.eval_split == "test"
+    assert torch.equal(plugin.c2f_load_data(cfg0, "train").x, full.x)
+    assert len(plugin.c2f_load_data(cfg0, "test")) == 10_000
+    with pytest.raises(ValueError, match="domain.val_size"):
+        plugin.c2f_load_data(cfg0, "val")
+    with pytest.raises(ValueError, match="domain.val_size"):
+        plugin.c2f_load_data(_cfg(shared_data, "domain.val_size=60000"), "train")
+
+
+def test_tokenizer_trains_on_the_train_part_only(shared_data, tmp_path, monkeypatch):
+    from domains.image import plugin
+    from domains.image import tokenizer as T
+
+    seen = []
+    monkeypatch.setattr(T, "train_tokenizer", lambda model, images, **kw: seen.append(images) or {})
+    monkeypatch.setattr(T, "save_tokenizer", lambda model, path: path)
+    cfg = _cfg(shared_data, "domain.val_size=500", "domain.tokenizer.width=8")
+    plugin.train_and_save_tokenizer(cfg, tmp_path / "tok.pt")
+    assert torch.equal(seen[0], plugin.c2f_load_data(cfg, "train").x) and len(seen[0]) == 59_500
+    # a tokenizer trained without the val images is cached apart; val_size=0 keeps the old name
+    cfg0 = _cfg(shared_data, "domain.tokenizer.width=8")
+    assert plugin.tokenizer_cache_path(cfg) != plugin.tokenizer_cache_path(cfg0)
+
+
+@pytest.fixture
+def untrained_judge(monkeypatch):
+    """c2f_evaluate with an untrained LeNet in place of the trained judge (the metric code is
+    the same; only the numbers differ), and a fresh floor cache."""
+    from domains.image import classifier as C
+    from domains.image import plugin
+
+    torch.manual_seed(0)
+    judge = C.LeNet().eval()
+    monkeypatch.setattr(plugin, "_judge", lambda data_dir, seed, progress: (judge, 0.5))
+    plugin._floor.cache_clear()
+    yield judge
+    plugin._floor.cache_clear()
+
+
+def test_eval_split_picks_the_reference_and_the_floor_avoids_val(shared_data, tmp_path, untrained_judge):
+    from domains.image import plugin
+    from domains.image.data import mnist_tensor_data
+    from domains.image.metrics import image_metrics
+
+    judge = untrained_judge
+    test = mnist_tensor_data(shared_data / "mnist", "test")
+    full = mnist_tensor_data(shared_data / "mnist", "train")
+    samples = {"samples": test.x[:40], "cond": test.cond[:40]}
+
+    def floor_index(n_train):
+        return torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[:40]
+
+    # eval_split=val: the val images (here the first eval_reference of them) are the reference
+    cfg = _cfg(shared_data, "domain.val_size=300", "domain.eval_split=val", "domain.eval_reference=200")
+    out = plugin.c2f_evaluate(cfg, samples, tmp_path)
+    val = full.x[-300:][:200]
+    expect = image_metrics(judge, samples["samples"], samples["cond"], val)
+    assert out["eval_split_is_val"] == 1.0
+    assert out["fd"] == expect["fd"] and out["kid"] == expect["kid"]
+    assert out["precision"] == expect["precision"] and out["recall"] == expect["recall"]
+    idx = floor_index(60_000 - 300)   # the floor's real "samples": training part only
+    floor = image_metrics(judge, full.x[idx], full.cond[idx], val)
+    assert all(out[f"floor_{k}"] == v for k, v in floor.items())
+
+    # eval_split=test with val_size=0: exactly today's numbers (first N test images, floor drawn
+    # by randperm over all 60,000 training images)
+    out = plugin.c2f_evaluate(_cfg(shared_data, "domain.eval_reference=200"), samples, tmp_path)
+    expect = image_metrics(judge, samples["samples"], samples["cond"], test.x[:200])
+    idx = floor_index(60_000)
+    floor = image_metrics(judge, full.x[idx], full.cond[idx], test.x[:200])
+    assert out["eval_split_is_val"] == 0.0
+    assert all(out[k] == v for k, v in expect.items())
+    assert all(out[f"floor_{k}"] == v for k, v in floor.items())
+    assert out["fd_over_floor"] == out["fd"] / out["floor_fd"]
+
+
+def test_bad_eval_split_is_named(shared_data, tmp_path, untrained_judge):
+    from domains.image import plugin
+
+    x = torch.zeros(8, 1, 28, 28)
+    samples = {"samples": x, "cond": torch.zeros(8, dtype=torch.long)}
+    with pytest.raises(ValueError, match=r"domain.eval_split 'tset'; choose one of test, val"):
+        plugin.c2f_evaluate(_cfg(shared_data, "domain.eval_split=tset"), samples, tmp_path)
+    with pytest.raises(ValueError, match="domain.val_size"):   # val needs a val split
+        plugin.c2f_evaluate(_cfg(shared_data, "domain.eval_split=val"), samples, tmp_path)
