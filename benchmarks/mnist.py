@@ -1,24 +1,39 @@
-"""MNIST benchmark: the three levers of the refiner, the DDPM and AR baselines, and noise shifts.
+"""MNIST: quality against compute for the refiner, DDPM/DDIM and the next-token AR, on equal terms.
 
-    python benchmarks/mnist.py --budget-minutes 240 [--samples 1000] [--steps N] [--runs NAME ...]
+    python benchmarks/mnist.py --budget-minutes 25 [--seeds 0 1 2] [--models refiner ddpm ar]
+                               [--samples 1000] [--max-minutes M] [--report-only]
 
-What runs, all class-conditional on the same data, trainer, sampler settings and metrics (the image
-domain's ``c2f_evaluate``: Fréchet distance on the in-project LeNet, precision/recall, class
-accuracy, and the same metrics for real training images, the floor):
+The protocol (each point is a mechanism of the core, so every benchmark can use it):
 
-* the refiner grid: space (latent vs pixel) x target (index, bits, continuous), and the frequency
-  partition: fewer / more scales and full-state (Gaussian) instead of residual (Laplacian) targets;
-* the baselines: one pixel DDPM sampled by ancestral DDPM with 1000 steps and DDIM with 50 and 10,
-  and a next-token AR over the latent refiner's codes;
-* noise-shift curves: the latent and the pixel refiner sampled with Gaussian noise of relative
-  size sigma added to the state after one or two scales.
+* **Equal training budgets by wall clock.** Every model trains for ``--budget-minutes`` under
+  ``train.max_seconds`` (stopped at a step boundary with a checkpoint; a killed run resumes and is
+  charged what it already spent). The latent models (refiner, AR) are charged their tokenizer's
+  training time: their own budget is what is left of the same total. Step counts for the learning
+  rate schedule come from timing a few steps; the clock has the last word.
+* **The same tricks:** EMA of the weights (``--ema``) for every model, classifier-free guidance
+  from 10% dropped labels for every model.
+* **Never tuned on test.** The last 5000 MNIST training images are a validation split nobody
+  trains on (``domain.val_size``). Guidance weight and schedule, temperature and refinement rounds
+  are chosen on it (``domain.eval_split=val``); test is scored once per frontier point, and the
+  headline row is the validation-best refiner setting within ``--headline-nfe`` network calls.
+  The DDPM's guidance weight is chosen on validation with DDIM-10 and used at every step count;
+  the refiner's and the AR's weight and schedule at zero refinement rounds, temperature after.
+* **Same sample counts:** ``--samples`` for every row, validation and test alike; FD, unbiased
+  KID, precision/recall and class accuracy from the image domain's ``c2f_evaluate``, with the
+  real-vs-real floor at the same sample count.
+* **Compute:** NFE (every network pass), whether guidance doubles the batch, FLOPs per sample
+  (``torch.utils.flop_counter``) and seconds per sample, from each sample task's ``metrics.json``.
+* **Provenance:** every piece (tokenizer, training run, sample+evaluate) lives in its own folder
+  with ``provenance.json`` (config hash, commit); a piece is reused only when its config hash
+  matches, and a mismatch is refused (``core.provenance``). Every row names its piece.
+* **Spread:** with several ``--seeds`` (tokenizer and models retrained per seed), the headline rows
+  are scored for every seed and reported as mean and range; settings are chosen on the first seed.
 
-Budget: ``--budget-minutes`` is the training time, split equally across the training runs; each
-run's number of steps comes from timing a few steps of its model (``--steps`` fixes it instead).
-Tokenizers, sampling and evaluation come on top and are reported. Every finished piece leaves a
-``metrics.json`` and is reused when the command runs again (a killed training resumes from its
-checkpoint), so the command can be interrupted and restarted. Writes ``--doc`` (a table of every
-setting and baseline, the machine and the command) and its plots next to it.
+Pieces are done in order of their value (refiner rows, then DDIM from few to many steps, DDPM-1000,
+the AR, further seeds) and the report is rewritten after each stage, so an interrupted run leaves a
+report of what is finished; running the command again continues where it stopped (DDPM-1000's
+sample batches are resumable too). ``--max-minutes`` stops starting new pieces after that long.
+Writes ``--doc`` (``docs/results/mnist.md``), its twin ``mnist.json`` and the frontier plot.
 """
 from __future__ import annotations
 
@@ -28,7 +43,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,78 +51,136 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
-from core.run import build_model, compose_config, load_data, run  # noqa: E402
 from core.plugins import get_domain  # noqa: E402
+from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
+from core.run import build_model, compose_config, load_data, run  # noqa: E402
 
-LATENT_SCALES = {"default": [1, 2, 3, 4, 5, 7], "fewer": [1, 3, 5, 7], "more": [1, 2, 3, 4, 5, 6, 7]}
-PIXEL_SCALES = {"default": [1, 2, 4, 7, 14, 28], "fewer": [1, 4, 14, 28],
-                "more": [1, 2, 3, 4, 6, 8, 11, 14, 20, 28]}
-DDPM_SAMPLERS = [("ddpm-1000", "ddpm", 1000), ("ddim-50", "ddim", 50), ("ddim-10", "ddim", 10)]
-
-
-@dataclass
-class Setting:
-    name: str
-    space: str              # latent | pixel (the DDPM: pixel)
-    target: str = "index"
-    scales: str = "default"
-    state: str = "residual"
-    kind: str = "refiner"   # refiner | ddpm | ar
-    overrides: list = field(default_factory=list)
-
-    @property
-    def scale_list(self) -> list[int]:
-        return (LATENT_SCALES if self.space == "latent" else PIXEL_SCALES)[self.scales]
+VAL_SIZE = 5000
+SCHEDULES = {"constant": {}, "linear": {}, "interval-coarse": {"interval": [0, 2]},
+             "interval-fine": {"interval": [2, 5]}}
+ROUNDS = [0, 1, 2, 4]
 
 
-def grid() -> list[Setting]:
-    out = []
-    for space in ("latent", "pixel"):
-        for target in ("index", "bits", "continuous"):
-            out.append(Setting(f"{space}-{target}", space, target=target))
-        out.append(Setting(f"{space}-full", space, state="full"))
-        for scales in ("fewer", "more"):
-            out.append(Setting(f"{space}-{scales}", space, scales=scales))
-    # constant guidance for the DDPM: a ramp from 0 at pure noise would leave the class to chance
-    out.append(Setting("ddpm", "pixel", kind="ddpm", overrides=["domain.baseline=ddpm",
-                                                                 "sample.guidance_schedule=constant"]))
-    out.append(Setting("ar", "latent", kind="ar", overrides=["domain.baseline=ar"]))
-    return out
-
-
-def overrides(s: Setting, args, tokenizers: dict) -> list[str]:
-    over = ["domain=image", f"domain.data_dir={args.data_dir}", f"seed={args.seed}",
-            f"progress={str(not args.quiet).lower()}", f"domain.space={s.space}",
-            f"model.target={s.target}", f"model.target_state={s.state}",
-            f"domain.tokenizer.train.steps={args.tokenizer_steps}"]
-    if args.limit:
-        over.append(f"domain.limit={args.limit}")
-    scales = "[" + ",".join(map(str, s.scale_list)) + "]"
-    if s.space == "latent":
-        over += [f"domain.tokenizer.scales={scales}", f"domain.tokenizer_path={tokenizers[s.scales]}"]
-    else:
-        over.append(f"domain.pixel_scales={scales}")
-    return over + s.overrides + list(args.override)
-
-
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+class OutOfTime(Exception):
+    pass
 
 
 def say(msg: str):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ---------------------------------------------------------------- the pieces of work
-def train_tokenizer(scales: str, args) -> tuple[Path, dict]:
-    folder = Path(args.out) / "tokenizers" / scales
-    done = _load(folder / "metrics.json")
-    if done is None:
-        say(f"tokenizer for latent scales {LATENT_SCALES[scales]} ({args.tokenizer_steps} steps)")
-        s = Setting("tok", "latent", scales=scales)
-        over = overrides(s, args, {scales: "null"}) + ["task=train_tokenizer"]
-        done = run(compose_config(over), folder)
-    return folder / "tokenizer.pt", done
+def _load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+# ---------------------------------------------------------------- pieces
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
+        self.out_of_time = False
+
+    def piece(self, folder: Path, config: dict, make):
+        """Reuse ``folder``'s metrics if its provenance matches ``config``; else make them."""
+        record = check_piece(folder, config)  # refuses a folder made with another config
+        done = _load(folder / "metrics.json")
+        if record is not None and done is not None:
+            return {**done, "provenance": provenance_label(record), "config_hash": record["config_hash"],
+                    "piece": str(folder)}
+        if self.args.report_only:
+            return None
+        if self.out_of_time or (self.deadline and time.time() > self.deadline):
+            self.out_of_time = True
+            raise OutOfTime
+        record = record_piece(folder, config)
+        metrics = make()
+        write_json_atomic(metrics, folder / "metrics.json")
+        return {**metrics, "provenance": provenance_label(record), "config_hash": record["config_hash"],
+                "piece": str(folder)}
+
+    def base(self, seed: int) -> list[str]:
+        a = self.args
+        return ["domain=image", f"domain.data_dir={a.data_dir}", f"seed={seed}",
+                f"progress={str(not a.quiet).lower()}", f"domain.val_size={VAL_SIZE}",
+                f"train.ema={a.ema}", f"domain.tokenizer.train.steps={a.tokenizer_steps}"]
+
+    @staticmethod
+    def hashed(over: list[str]) -> dict:
+        """The overrides that define a piece (not where files are or how chatty it is), by key."""
+        skip = ("progress=", "domain.data_dir=", "domain.tokenizer_path=", "checkpoint=",
+                "samples_path=", "train.steps=", "train.resume=")
+        return dict(sorted(o.split("=", 1) for o in over if not o.startswith(skip)))
+
+    # --- tokenizer and models
+    def tokenizer(self, seed: int) -> tuple[Path, dict]:
+        folder = self.out / f"tokenizer_s{seed}"
+        over = self.base(seed) + ["task=train_tokenizer"]
+        m = self.piece(folder, {"piece": "tokenizer", "overrides": self.hashed(over)},
+                       lambda: (say(f"tokenizer, seed {seed}"), run(compose_config(over), folder))[1])
+        return folder / "tokenizer.pt", m
+
+    def model_overrides(self, model: str, seed: int, tok: Path | None) -> list[str]:
+        over = self.base(seed)
+        if model == "refiner":
+            over += ["domain.space=latent", "model.refine=true", f"domain.tokenizer_path={tok}"]
+        elif model == "ar":
+            over += ["domain.space=latent", "domain.baseline=ar", f"domain.tokenizer_path={tok}"]
+        else:
+            over += ["domain.baseline=ddpm"]
+        return over + list(self.args.override)
+
+    def train(self, model: str, seed: int, tok_piece) -> dict | None:
+        tok_path, tok_m = tok_piece if tok_piece else (None, None)
+        if model != "ddpm" and tok_m is None:
+            return None
+        charged = float(tok_m["train_seconds"]) if model != "ddpm" else 0.0
+        budget = self.args.budget_minutes * 60 - charged
+        if budget <= 0:
+            raise SystemExit(f"the tokenizer took {charged:.0f} s, more than --budget-minutes")
+        over = self.model_overrides(model, seed, tok_path) + [f"train.max_seconds={budget:.0f}"]
+        folder = self.out / f"{model}_s{seed}" / "train"
+        config = {"piece": "train", "overrides": self.hashed(over),
+                  "tokenizer": tok_m["config_hash"] if tok_m else None}
+
+        def make():
+            plan = _load(folder / "plan.json")
+            if plan is None:
+                sps = seconds_per_step(over)
+                plan = {"steps": max(1, int(budget / sps)), "seconds_per_step": sps}
+                write_json_atomic(plan, folder / "plan.json")
+            say(f"train {model}, seed {seed}: {budget:.0f} s, planned {plan['steps']} steps")
+            m = run(compose_config(over + ["task=train", f"train.steps={plan['steps']}",
+                                           "train.resume=true"]), folder)
+            return {**m, "tokenizer_seconds": charged, "budget_seconds": budget + charged}
+        m = self.piece(folder, config, make)
+        if m is not None:
+            m["overrides"] = over
+        return m
+
+    # --- sample + evaluate
+    def score(self, model: str, seed: int, trained: dict, split: str, name: str, sample: list[str],
+              tok: Path | None) -> dict | None:
+        n = self.args.samples
+        folder = self.out / f"{model}_s{seed}" / split / f"{name}_n{n}"
+        over = self.model_overrides(model, seed, tok) + sample + [
+            f"sample.num_samples={n}", f"domain.eval_split={split}", "sample.flops_samples=4"]
+        config = {"piece": "score", "overrides": self.hashed(over), "model": trained["config_hash"]}
+        ckpt = Path(trained["piece"]) / "checkpoints" / "last.pt"
+
+        def make():
+            say(f"{model} s{seed} {split}: {name}")
+            m = run(compose_config(over + ["task=sample", f"checkpoint={ckpt}"]), folder / "sample")
+            m.update(run(compose_config(over + ["task=evaluate",
+                                                f"samples_path={folder / 'sample' / 'samples.pt'}"]),
+                         folder / "evaluate"))
+            return m
+        m = self.piece(folder, config, make)
+        if m is None:
+            return None
+        return {"model": model, "seed": seed, "split": split, "setting": name, "sample": sample,
+                "train_seconds": trained["train_seconds"] + trained.get("tokenizer_seconds", 0.0),
+                "train_steps": trained["train_steps"], "m": m}
 
 
 def seconds_per_step(over: list[str], probe_steps: int = 3) -> float:
@@ -132,38 +204,41 @@ def seconds_per_step(over: list[str], probe_steps: int = 3) -> float:
     return sum(times[1:]) / probe_steps
 
 
-def train(s: Setting, over: list[str], share_seconds: float, args) -> dict:
-    folder = Path(args.out) / s.name / "train"
-    done = _load(folder / "metrics.json")
-    if done is not None:
-        return done
-    plan = _load(folder / "plan.json")  # a restarted benchmark keeps its step counts
-    if plan is None:
-        if args.steps:
-            plan = {"steps": args.steps, "seconds_per_step": None}
-        else:
-            sps = seconds_per_step(over)
-            plan = {"steps": max(1, int(share_seconds / sps)), "seconds_per_step": sps}
-        write_json_atomic(plan, folder / "plan.json")
-    est = ""
-    if plan["seconds_per_step"]:
-        est = f", about {plan['steps'] * plan['seconds_per_step'] / 60:.1f} min"
-    say(f"train {s.name}: {plan['steps']} steps{est}")
-    return run(compose_config(over + ["task=train", f"train.steps={plan['steps']}", "train.resume=true"]),
-               folder)
+# ---------------------------------------------------------------- sampler settings
+def guidance(weight: float, schedule: str) -> list[str]:
+    kind = "interval" if schedule.startswith("interval") else schedule
+    over = [f"sample.guidance={weight}", f"sample.guidance_schedule={kind}"]
+    if "interval" in SCHEDULES[schedule]:
+        first, last = SCHEDULES[schedule]["interval"]
+        over.append(f"sample.guidance_interval=[{first},{last}]")
+    return over
 
 
-def sample_and_evaluate(label: str, over: list[str], checkpoint: Path, folder: Path) -> dict:
-    done = _load(folder / "metrics.json")
-    if done is not None:
-        return done
-    say(f"sample + evaluate {label}")
-    metrics = run(compose_config(over + ["task=sample", f"checkpoint={checkpoint}"]), folder / "sample")
-    metrics.update(run(compose_config(over + ["task=evaluate",
-                                              f"samples_path={folder / 'sample' / 'samples.pt'}"]),
-                       folder / "evaluate"))
-    write_json_atomic(metrics, folder / "metrics.json")
-    return metrics
+def best(rows: list[dict]) -> dict:
+    return min(rows, key=lambda r: r["m"]["fd"])
+
+
+def tune_refiner(b: Bench, model: str, seed: int, trained: dict, tok: Path) -> dict:
+    """Per guidance schedule: weight (T = 1, no rounds), then temperature, chosen on val."""
+    chosen = {}
+    schedules = SCHEDULES if model == "refiner" else {"constant": {}, "linear": {}}
+    for schedule in schedules:
+        rows = [b.score(model, seed, trained, "val", f"{schedule}_w{w:g}", guidance(w, schedule), tok)
+                for w in b.args.weights]
+        rows = [r for r in rows if r]
+        if not rows:
+            continue
+        w = float(best(rows)["sample"][0].split("=")[1])
+        temps = [b.score(model, seed, trained, "val", f"{schedule}_w{w:g}_T{t:g}",
+                         guidance(w, schedule) + [f"sample.temperature={t}"], tok)
+                 for t in b.args.temperatures if t != 1.0]
+        pick = best(rows + [r for r in temps if r])
+        chosen[schedule] = pick["sample"]
+    return chosen
+
+
+def rounds_setting(sample: list[str], r: int) -> list[str]:
+    return sample + [f"sample.refine_rounds={r}"] if r else sample
 
 
 # ---------------------------------------------------------------- report
@@ -175,273 +250,315 @@ def _fmt(v, digits=3):
     return str(v)
 
 
-def pixel_band_errors(args, scales: list[int], n: int = 1000) -> list[float]:
-    """Image MSE of the pixel pyramid (the pixel refiner's scalar quantiser) decoded from its first
-    k bands: the data-space counterpart of the tokenizer's reconstruction-by-band."""
-    from core.grid import GridOps
-    from core.pyramid import ResidualPyramid
-    from core.quantizers import ScalarQuantizer
-    from domains.image.data import mnist_tensor_data
-
-    cfg = compose_config(["domain=image"])
-    x = mnist_tensor_data(args.data_dir, "train", n).x
-    q = ScalarQuantizer(1, cfg.model.num_codes, cfg.model.quant_lo, cfg.model.quant_hi)
-    pyramid = ResidualPyramid(GridOps(scales, up_mode=cfg.domain.up_mode), q, cfg.model.variant)
-    codes = pyramid.encode(x).codes
-    return [float((pyramid.decode(codes, upto=k) - x).pow(2).mean()) for k in range(1, len(scales) + 1)]
+def row_record(r: dict) -> dict:
+    m = r["m"]
+    keys = ("nfe", "nfe_backbone", "guidance_doubles_batch", "flops_per_sample", "seconds_per_sample",
+            "sample_batch_size", "fd", "floor_fd", "fd_over_floor", "kid", "floor_kid", "precision",
+            "recall", "class_accuracy", "samples")
+    return {"model": r["model"], "seed": r["seed"], "split": r["split"], "setting": r["setting"],
+            "sample_overrides": r["sample"], **{k: m.get(k) for k in keys},
+            "train_seconds": r["train_seconds"], "train_steps": r["train_steps"],
+            "headline": r.get("headline", False), "provenance": m["provenance"], "piece": m["piece"]}
 
 
-def plots(rows, shift_rows, tokenizers, args, doc: Path) -> list[str]:
-    """The figures, written next to ``doc`` and named after it."""
+def spread(rows: list[dict], key: str) -> str:
+    values = [r["m"][key] for r in rows if r["m"].get(key) is not None]
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return _fmt(mean)
+    return f"{_fmt(mean)} ({_fmt(min(values))}–{_fmt(max(values))})"
+
+
+def plot(rows: list[dict], doc: Path) -> str:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
-
-    def save(fig, name):
-        with atomic_path(doc.parent / name, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        written.append(name)
-
-    # quality against network calls
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colours = {"latent": "tab:blue", "pixel": "tab:orange", "ddpm": "tab:green", "ar": "tab:red"}
-    ddpm = sorted((r for r in rows if r["kind"] == "ddpm"), key=lambda r: r["m"]["nfe"])
-    if ddpm:
-        ax.plot([r["m"]["nfe"] for r in ddpm], [r["m"].get("fd_over_floor", r["m"]["fd"]) for r in ddpm],
-                "-o", color=colours["ddpm"], label="DDPM / DDIM")
-    for r in rows:
-        m = r["m"]
-        colour = colours["ddpm" if r["kind"] == "ddpm" else "ar" if r["kind"] == "ar" else r["space"]]
-        if r["kind"] != "ddpm":
-            ax.scatter(m["nfe"], m.get("fd_over_floor", m["fd"]), color=colour, s=25)
-        ax.annotate(r["name"], (m["nfe"], m.get("fd_over_floor", m["fd"])), fontsize=6,
-                    xytext=(3, 3), textcoords="offset points")
-    for key, label in (("latent", "refiner, latent"), ("pixel", "refiner, pixel"), ("ar", "AR over codes")):
-        ax.scatter([], [], color=colours[key], label=label)
-    ax.set(xscale="log", yscale="log", xlabel="network calls per sample (NFE)",
-           ylabel="FD / real-data floor", title="MNIST: quality against network calls")
-    ax.legend(fontsize=7)
+    test = [r for r in rows if r["split"] == "test" and r["seed"] == rows[0]["seed"]]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
+    colours = {"refiner": "tab:blue", "ddpm": "tab:green", "ar": "tab:red"}
+    xs = [("nfe", "network passes per sample (NFE)"), ("flops_per_sample", "FLOPs per sample"),
+          ("seconds_per_sample", "seconds per sample (2 CPU cores)")]
+    ys = [("fd_over_floor", "FD / real-vs-real floor"), ("kid", "KID (unbiased)")]
+    groups = {}
+    for r in test:
+        key = (r["model"], r["setting"].split("_R")[0] if r["model"] != "ddpm" else "ddpm")
+        groups.setdefault(key, []).append(r)
+    for i, (ykey, ylabel) in enumerate(ys):
+        for j, (xkey, xlabel) in enumerate(xs):
+            ax = axes[i, j]
+            for (model, label), points in sorted(groups.items()):
+                points = sorted(points, key=lambda r: r["m"]["nfe"])
+                px = [p["m"].get(xkey) for p in points]
+                py = [p["m"].get(ykey) for p in points]
+                style = "-o" if model != "ar" else "s"
+                ax.plot(px, py, style, color=colours[model], alpha=0.9 if model != "refiner" else 0.6,
+                        ms=4, label=f"{model} {label}" if model == "refiner" else model)
+                if model == "ddpm":
+                    for p, x, y in zip(points, px, py):
+                        ax.annotate(p["setting"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
+            if ykey == "fd_over_floor":
+                ax.set_yscale("log")
+                ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            if i == 0 and j == 0:
+                ax.legend(fontsize=6)
+    fig.suptitle("MNIST test: quality against compute (refiner lines: rounds 0, 1, 2, 4 per guidance schedule)",
+                 fontsize=9)
     fig.tight_layout()
-    save(fig, f"{doc.stem}_quality_vs_nfe.png")
-
-    # reconstruction error against bands
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for scales, (_, m) in tokenizers.items():
-        sizes = LATENT_SCALES[scales]
-        bands = [m[f"recon_mse/bands{k}"] for k in range(1, len(sizes) + 1)]
-        ax.plot(torch.tensor(sizes).pow(2).cumsum(0).tolist(), bands, "-o", color="tab:blue",
-                alpha=1.0 if scales == "default" else 0.5, label=f"latent (tokenizer) {sizes}")
-    for scales in ("default", "fewer", "more"):
-        sizes = PIXEL_SCALES[scales]
-        ax.plot(torch.tensor(sizes).pow(2).cumsum(0).tolist(), pixel_band_errors(args, sizes), "-s",
-                color="tab:orange", alpha=1.0 if scales == "default" else 0.5, label=f"pixel {sizes}")
-    ax.set(xscale="log", yscale="log", xlabel="tokens used (first k bands)",
-           ylabel="image MSE of the reconstruction", title="Reconstruction error by band")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    save(fig, f"{doc.stem}_bands.png")
-
-    # sample grids
-    shown = [r for r in rows if r["name"] in ("latent-index", "pixel-index", "ddpm-1000", "ddim-50", "ar")]
-    if shown:
-        loaded = [torch.load(r["samples"], weights_only=True) for r in shown]
-        per = min(4, min(int((s["cond"] == c).sum()) for s in loaded for c in range(10)))
-        fig, axes = plt.subplots(1, len(shown), figsize=(2.8 * len(shown), 0.28 * per + 0.5), squeeze=False)
-        for ax, r, saved in zip(axes[0], shown, loaded):
-            x, cond = saved["samples"], saved["cond"]
-            tiles = torch.ones(per, 10, 30, 30)
-            for c in range(10):
-                tiles[:, c, 1:29, 1:29] = x[cond == c][:per, 0].clamp(-1, 1) * 0.5 + 0.5
-            ax.imshow(tiles.permute(0, 2, 1, 3).reshape(per * 30, 300).numpy(), cmap="gray_r", vmin=0, vmax=1)
-            ax.set_title(r["name"], fontsize=8)
-            ax.axis("off")
-        fig.tight_layout()
-        save(fig, f"{doc.stem}_samples.png")
-
-    # noise shift
-    if shift_rows:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-        for (space, k), points in sorted(shift_rows.items()):
-            points = sorted(points)
-            style = "-o" if k == min(kk for _, kk in shift_rows) else "--s"
-            for ax, key in zip(axes, ("fd_over_floor", "class_accuracy")):
-                ax.plot([p[0] for p in points], [p[1].get(key, float("nan")) for p in points], style,
-                        color=colours[space], label=f"{space}, after scale {k}")
-        axes[0].set(yscale="log", xlabel="shift sigma (x clean-state std)", ylabel="FD / floor",
-                    title="Noise shift: quality")
-        axes[1].set(xlabel="shift sigma (x clean-state std)", ylabel="class accuracy",
-                    title="Noise shift: class accuracy")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        save(fig, f"{doc.stem}_noise_shift.png")
-    return written
+    name = f"{doc.stem}_frontier.png"
+    with atomic_path(doc.parent / name, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return name
 
 
-def write_doc(rows, shift_rows, tokenizers, args, total_seconds: float):
+def write_report(b: Bench, rows: list[dict], trained: dict, tokenizers: dict, pending: list[str],
+                 elapsed: float):
+    args = b.args
     doc = Path(args.doc)
-    images = plots(rows, shift_rows, tokenizers, args, doc)
-    floor = next((r["m"] for r in rows if "floor_fd" in r["m"] and r["m"]["samples"] == args.samples), {})
-    lines = ["# MNIST: levers of the refiner, baselines, noise shift", "",
+    rows = [r for r in rows if r]
+    test = [r for r in rows if r["split"] == "test"]
+    first = args.seeds[0]
+    image = plot(rows, doc) if any(r["seed"] == first for r in test) else None
+    floor = next((r["m"] for r in test), {})
+    lines = ["# MNIST: quality against compute, on equal terms", "",
              f"Command: `python benchmarks/mnist.py {' '.join(sys.argv[1:])}`".rstrip(), "",
-             f"Machine: {platform.platform()}, {platform.machine()}, {os.cpu_count()} CPU cores, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} torch threads, CPU only. "
-             f"Training budget: {args.budget_minutes:g} minutes split equally across the training "
-             f"runs{' (overridden: ' + str(args.steps) + ' steps each)' if args.steps else ''}; this "
-             f"invocation took {total_seconds / 60:.1f} minutes (finished pieces of earlier ones "
-             "are reused).", "",
-             "Samples per setting as in the table, classes cycling 0-9, scored against the MNIST "
-             "test images: Fréchet distance (FD) on the in-project LeNet's 128-d features, "
-             "improved precision/recall (k = 3), class accuracy of the LeNet on the requested "
-             "class. FD / floor divides by the FD of as many real training images (the floor; "
-             f"for {args.samples} images: FD {_fmt(floor.get('floor_fd'))}, "
-             f"precision {_fmt(floor.get('floor_precision'))}, "
-             f"recall {_fmt(floor.get('floor_recall'))}, class accuracy "
-             f"{_fmt(floor.get('floor_class_accuracy'))}); FD / floor = 1 is as good as real data "
-             "at that sample size.", "",
-             "| setting | space | target | scales | state | samples | FD | FD / floor | precision | "
-             "recall | class acc. | NFE | s / sample | train steps | train s | parameters |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+             f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+             f"{torch.get_num_threads()} torch threads, CPU only. This invocation: "
+             f"{elapsed / 60:.1f} minutes (finished pieces of earlier ones are reused).", "",
+             f"Protocol (see the docstring of `benchmarks/mnist.py`): {args.budget_minutes:g} minutes of "
+             "training per model, the tokenizer's time charged to the latent models; EMA "
+             f"{args.ema} for all; settings chosen on a validation split of {VAL_SIZE} MNIST training "
+             f"images; {args.samples} samples per row, scored against the MNIST test images (the "
+             f"floor: {args.samples} real training images, FD {_fmt(floor.get('floor_fd'))}, KID "
+             f"{_fmt(floor.get('floor_kid'))}). NFE counts every network pass per sample; under "
+             "guidance one pass carries both halves of the batch (`2x` in the table), which FLOPs "
+             "count. Seconds per sample are wall time of the sampling loop at the batch size shown.", ""]
+    heads = [r for r in test if r.get("headline")]
+    if heads:
+        lines += ["## Headline rows", "", "Mean (range) over training seeds "
+                  f"{', '.join(map(str, sorted({r['seed'] for r in heads})))}.", "",
+                  "| row | setting | NFE | seeds | FD / floor | KID | precision | recall | class acc. | s / sample |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        by = {}
+        for r in heads:
+            by.setdefault((r["model"], r["setting"]), []).append(r)
+        for (model, setting), group in by.items():
+            lines.append(f"| {model} | {setting} | {group[0]['m']['nfe']:.0f} | {len(group)} | "
+                         f"{spread(group, 'fd_over_floor')} | {spread(group, 'kid')} | "
+                         f"{spread(group, 'precision')} | {spread(group, 'recall')} | "
+                         f"{spread(group, 'class_accuracy')} | {spread(group, 'seconds_per_sample')} |")
+        lines.append("")
+    lines += ["## Frontier (test, seed " + str(first) + ")", "",
+              "| model | setting | NFE | guided | GFLOPs / sample | s / sample | FD | FD / floor | KID | "
+              "precision | recall | class acc. | samples | train s | steps | piece |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted([r for r in test if r["seed"] == first], key=lambda r: (r["model"], r["m"]["nfe"])):
         m = r["m"]
-        scales = "-".join(map(str, r["scales"])) if r["scales"] else "-"
+        flops = m.get("flops_per_sample")
         lines.append(
-            f"| {r['name']} | {r['space']} | {r['target']} | {scales} | {r['state']} | {m['samples']:.0f} | "
-            f"{_fmt(m['fd'])} | "
-            f"{_fmt(m.get('fd_over_floor'))} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | "
-            f"{_fmt(m.get('class_accuracy'))} | {m['nfe']:.0f} | {m['seconds_per_sample']:.4f} | "
-            f"{m.get('train_steps', 0):.0f} | {m.get('train_seconds', 0):.0f} | "
-            f"{m.get('parameters', 0):.0f} |")
-    lines += ["", "Settings: `space` latent = the VQ tokenizer's 7x7 latent (64 codes, shared by all "
-              "scales), pixel = the pyramid on the pixels (64 uniform levels in [-2, 2]); `target` "
-              "index = softmax over the codes, bits = one sigmoid per bit of the index, continuous = "
-              "regression of the de-quantised band (the same codes' values); `scales` = grid sizes "
-              "coarse to fine; `state` residual = Laplacian bands, full = each scale codes the whole "
-              "level. Baselines: a pixel DDPM (UNet, linear betas, 1000 steps, epsilon prediction; "
-              "ancestral DDPM with 1000 steps, deterministic DDIM with 50 and 10; constant guidance), "
-              "and a next-token transformer over the latent refiner's codes (the refiner's blocks and "
-              "sizes, key/value cache). All class-conditional with classifier-free guidance "
-              "(w = 2; linear ramp over scales / tokens for the refiner and the AR).", "",
-              "NFE counts network calls per sample; under guidance one call carries the conditional "
-              "and the null-label batch together, for every model alike. Seconds per sample are wall "
-              "time of the sampling loop at the configured batch size on the machine above.", ""]
-    if tokenizers:
-        lines += ["Tokenizers (trained once per scale set, shared by the latent runs and the AR; "
-                  "their training time is not in the train column):", "",
-                  "| latent scales | steps | train s | reconstruction MSE |", "|---|---|---|---|"]
-        for scales, (_, m) in tokenizers.items():
-            lines.append(f"| {'-'.join(map(str, LATENT_SCALES[scales]))} | {m.get('steps', 0):.0f} | "
-                         f"{m.get('train_seconds', 0):.0f} | {_fmt(m.get('recon_mse'))} |")
+            f"| {r['model']} | {r['setting']} | {m['nfe']:.0f} | "
+            f"{'2x' if m.get('guidance_doubles_batch') else '1x'} | "
+            f"{_fmt(flops / 1e9 if flops else None)} | {m['seconds_per_sample']:.4f} | {_fmt(m['fd'])} | "
+            f"{_fmt(m.get('fd_over_floor'))} | {_fmt(m.get('kid'))} | {_fmt(m['precision'])} | "
+            f"{_fmt(m['recall'])} | {_fmt(m.get('class_accuracy'))} | {m['samples']:.0f} | "
+            f"{r['train_seconds']:.0f} | {r['train_steps']:.0f} | {m['provenance']} |")
+    lines.append("")
+    val = [r for r in rows if r["split"] == "val" and r["seed"] == first]
+    if val:
+        lines += ["## Validation sweeps (seed " + str(first) + ")", "",
+                  "| model | setting | NFE | FD / floor | KID | class acc. |", "|---|---|---|---|---|---|"]
+        for r in sorted(val, key=lambda r: (r["model"], r["setting"])):
+            m = r["m"]
+            lines.append(f"| {r['model']} | {r['setting']} | {m['nfe']:.0f} | {_fmt(m.get('fd_over_floor'))} | "
+                         f"{_fmt(m.get('kid'))} | {_fmt(m.get('class_accuracy'))} |")
         lines.append("")
-    if shift_rows:
-        sigmas = sorted({p[0] for points in shift_rows.values() for p in points})
-        lines += ["## Noise shift", "",
-                  "Gaussian noise of sigma times the per-channel standard deviation of clean states "
-                  "(teacher-forced training images), drawn on scale k's grid (0 = the coarsest) and "
-                  "added to the state after that scale; sampling goes on from there with the token "
-                  "draws of the unshifted run. "
-                  f"FD / floor ({args.shift_samples} samples):", "",
-                  "| space | after scale | " + " | ".join(f"sigma {s:g}" for s in sigmas) + " |",
-                  "|---|---|" + "---|" * len(sigmas)]
-        for (space, k), points in sorted(shift_rows.items()):
-            by_sigma = {p[0]: p[1] for p in points}
-            cells = [_fmt(by_sigma[s].get("fd_over_floor")) if s in by_sigma else "-" for s in sigmas]
-            lines.append(f"| {space} | {k} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += [f"![{name}]({name})" for name in images]
+    lines += ["## Training", "", "| model | seed | train s (incl. tokenizer) | tokenizer s | steps | "
+              "planned | stopped by the clock | final loss |", "|---|---|---|---|---|---|---|---|"]
+    for (model, seed), m in sorted(trained.items()):
+        if m:
+            lines.append(f"| {model} | {seed} | {m['train_seconds'] + m.get('tokenizer_seconds', 0):.0f} | "
+                         f"{m.get('tokenizer_seconds', 0):.0f} | {m['train_steps']:.0f} | "
+                         f"{m.get('planned_steps', 0):.0f} | {'yes' if m.get('stopped_by_time') else 'no'} | "
+                         f"{_fmt(m.get('final_loss'))} |")
+    lines.append("")
+    if pending:
+        lines += ["## Not yet run", "", "These pieces were not finished when this report was written; "
+                  "the same command continues with them:", ""] + [f"- {p}" for p in pending] + [""]
+    if image:
+        lines.append(f"![{image}]({image})")
     with atomic_path(doc) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
-    say(f"wrote {doc} and {len(images)} plots")
+    twin = {"command": f"python benchmarks/mnist.py {' '.join(sys.argv[1:])}",
+            "protocol": {"budget_minutes": args.budget_minutes, "ema": args.ema, "val_size": VAL_SIZE,
+                         "samples": args.samples, "seeds": args.seeds},
+            "rows": [row_record(r) for r in rows], "pending": pending}
+    write_json_atomic(twin, doc.with_suffix(".json"))
+    say(f"wrote {doc} ({len(rows)} rows, {len(pending)} pending)")
 
 
 # ---------------------------------------------------------------- main
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budget-minutes", type=float, default=240.0,
-                    help="training time, split equally across the training runs")
-    ap.add_argument("--steps", type=int, default=None, help="training steps per run (instead of the budget)")
+    ap.add_argument("--budget-minutes", type=float, default=25.0, help="training time per model")
+    ap.add_argument("--models", nargs="+", default=["refiner", "ddpm", "ar"], choices=["refiner", "ddpm", "ar"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--samples", type=int, default=1000, help="samples per row (val and test)")
+    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0],
+                    help="guidance weights tried on val")
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.9, 0.8])
+    ap.add_argument("--headline-nfe", type=int, default=12)
+    ap.add_argument("--ddim-steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
+    ap.add_argument("--ancestral-steps", type=int, default=1000, help="steps of the ancestral DDPM row")
+    ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--tokenizer-steps", type=int, default=2000)
-    ap.add_argument("--samples", type=int, default=1000, help="samples per setting")
-    ap.add_argument("--ddpm1000-samples", type=int, default=None,
-                    help="samples for DDPM-1000 only, the costliest row (default: --samples)")
-    ap.add_argument("--shift-samples", type=int, default=None, help="samples per noise-shift point")
-    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.5, 1.0])
-    ap.add_argument("--shift-scales", type=int, nargs="+", default=[1, 3],
-                    help="scales after which to shift (0 = coarsest)")
-    ap.add_argument("--runs", nargs="+", default=None,
-                    help="only these training runs (setting names; ddpm covers its three samplers)")
-    ap.add_argument("--limit", type=int, default=None, help="train on the first N images only")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-minutes", type=float, default=None, help="start no new piece after this long")
+    ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished pieces")
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
-    ap.add_argument("--out", default=str(REPO / "outputs" / "benchmark_mnist"))
+    ap.add_argument("--out", default=str(REPO / "outputs" / "benchmark_mnist_frontier"))
     ap.add_argument("--doc", default=str(REPO / "docs" / "results" / "mnist.md"))
-    ap.add_argument("--cache", default=None, help="cache folder for the judge (default: $C2F_CACHE)")
-    ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides for every run")
-    ap.add_argument("--quiet", action="store_true", help="no progress bars inside the runs")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides for every model")
+    ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.shift_samples = args.shift_samples or args.samples
-    args.ddpm1000_samples = args.ddpm1000_samples or args.samples
     shared = (REPO.parent / "shared").resolve()
-    for path in (args.out, args.doc, args.cache):
-        if path and Path(path).resolve().is_relative_to(shared):
+    for path in (args.out, args.doc):
+        if Path(path).resolve().is_relative_to(shared):
             ap.error(f"{path} is inside {shared}, which is read-only for benchmarks")
-    if args.cache:
-        os.environ["C2F_CACHE"] = str(Path(args.cache).resolve())
+    b = Bench(args)
     start = time.time()
+    rows, trained, tokenizers, pending = [], {}, {}, []
+    first = args.seeds[0]
+    latent = [m for m in args.models if m != "ddpm"]
 
-    settings = [s for s in grid() if args.runs is None or s.name in args.runs]
-    if not settings:
-        ap.error(f"no setting matches --runs; choose from {', '.join(s.name for s in grid())}")
-    tokenizers = {}
-    for scales in dict.fromkeys(s.scales for s in settings if s.space == "latent"):
-        tokenizers[scales] = train_tokenizer(scales, args)
-    paths = {k: v[0] for k, v in tokenizers.items()}
+    def report():
+        write_report(b, rows, trained, tokenizers, pending, time.time() - start)
 
-    share = args.budget_minutes * 60 / len(settings)
-    say(f"{len(settings)} training runs, {share / 60:.1f} min each" if not args.steps else
-        f"{len(settings)} training runs, {args.steps} steps each")
-    rows = []
-    for i, s in enumerate(settings, 1):
-        say(f"({i}/{len(settings)}) {s.name}")
-        over = overrides(s, args, paths)
-        trained = train(s, over, share, args)
-        ckpt = Path(args.out) / s.name / "train" / "checkpoints" / "last.pt"
-        evals = [(s.name, "eval", over, args.samples)]
-        if s.kind == "ddpm":
-            evals = [(name, name, over + [f"domain.ddpm.sampler={kind}", f"domain.ddpm.steps={steps}"],
-                      args.ddpm1000_samples if name == "ddpm-1000" else args.samples)
-                     for name, kind, steps in DDPM_SAMPLERS]
-        for name, sub, eval_over, n in evals:
-            folder = Path(args.out) / s.name / f"{sub}_n{n}"  # another sample count: another folder
-            m = sample_and_evaluate(name, eval_over + [f"sample.num_samples={n}"], ckpt, folder)
-            m = {**trained, **m}
-            rows.append({"name": name, "kind": s.kind, "space": s.space,
-                         "target": s.target if s.kind == "refiner" else s.kind,
-                         "scales": s.scale_list if s.kind != "ddpm" else None,
-                         "state": s.state if s.kind == "refiner" else "-", "m": m,
-                         "samples": folder / "sample" / "samples.pt"})
+    def attempt(label, fn, *a):
+        try:
+            out = fn(*a)
+        except OutOfTime:
+            out = None
+        if out is None:
+            pending.append(label)
+        return out
 
-    shift_rows = {}
-    for s in settings:
-        if s.name not in ("latent-index", "pixel-index"):
-            continue
-        ckpt = Path(args.out) / s.name / "train" / "checkpoints" / "last.pt"
-        for k in args.shift_scales:
-            for sigma in args.sigmas:
-                over = overrides(s, args, paths) + [f"sample.num_samples={args.shift_samples}",
-                                                    f"sample.shift_scale={k}", f"sample.shift_sigma={sigma}"]
-                folder = Path(args.out) / s.name / "shift" / f"scale{k}_sigma{sigma:g}_n{args.shift_samples}"
-                label = f"{s.name} shift after scale {k}, sigma {sigma:g}"
-                m = sample_and_evaluate(label, over, ckpt, folder)
-                shift_rows.setdefault((s.space, k), []).append((sigma, m))
+    def headline_rows(model, seed, chosen_refiner):
+        out = []
+        tok = tokenizers.get(seed, (None, None))[0]
+        t = trained.get((model, seed))
+        if not t:
+            return out
+        if model == "refiner" and chosen_refiner:
+            name, sample = chosen_refiner
+            out.append(attempt(f"refiner s{seed} test {name}", b.score, model, seed, t, "test", name, sample, tok))
+        if model == "ddpm" and ddpm_weight is not None:
+            # DDPM-1000 costs hours: the first seed only
+            for steps in [s for s in args.ddim_steps if s <= args.headline_nfe * 2]:
+                name = f"ddim-{steps}"
+                sample = ["domain.ddpm.sampler=ddim", f"domain.ddpm.steps={steps}",
+                          f"sample.guidance={ddpm_weight}", "sample.guidance_schedule=constant"]
+                out.append(attempt(f"ddpm s{seed} test {name}", b.score, model, seed, t, "test", name, sample, tok))
+        for r in out:
+            if r:
+                r["headline"] = True
+        return [r for r in out if r]
 
-    write_doc(rows, shift_rows, tokenizers, args, time.time() - start)
+    # 1. first seed: tokenizer, models
+    if latent:
+        tok = attempt(f"tokenizer s{first}", b.tokenizer, first)
+        if tok:
+            tokenizers[first] = tok
+    for model in args.models:
+        trained[(model, first)] = attempt(f"train {model} s{first}", b.train, model, first, tokenizers.get(first))
+    report()
+
+    # 2. the refiner: tune on val, frontier on test
+    chosen_refiner = None
+    t = trained.get(("refiner", first))
+    if t:
+        tok = tokenizers[first][0]
+        chosen = tune_refiner(b, "refiner", first, t, tok)
+        candidates = []
+        for schedule, sample in chosen.items():
+            for r in ROUNDS:
+                name = f"{schedule}_R{r}"
+                v = attempt(f"refiner val {name}", b.score, "refiner", first, t, "val", name,
+                            rounds_setting(sample, r), tok)
+                if v and v["m"]["nfe"] <= args.headline_nfe:
+                    candidates.append((v["m"]["fd"], name, rounds_setting(sample, r)))
+                rows.append(v)
+                rows.append(attempt(f"refiner test {name}", b.score, "refiner", first, t, "test", name,
+                                    rounds_setting(sample, r), tok))
+        if candidates:
+            _, name, sample = min(candidates)
+            chosen_refiner = (name, sample)
+            for r in rows:
+                if r and r["split"] == "test" and r["model"] == "refiner" and r["setting"] == name:
+                    r["headline"] = True
+        report()
+
+    # 3. the DDPM: guidance weight on val with DDIM-10, then DDIM and DDPM-1000 on test
+    ddpm_weight = None
+    t = trained.get(("ddpm", first))
+    if t:
+        val = [attempt(f"ddpm val ddim-10 w{w:g}", b.score, "ddpm", first, t, "val", f"ddim-10_w{w:g}",
+                       ["domain.ddpm.sampler=ddim", "domain.ddpm.steps=10", f"sample.guidance={w}",
+                        "sample.guidance_schedule=constant"], None) for w in args.weights]
+        rows.extend(val)
+        val = [v for v in val if v]
+        if len(val) == len(args.weights):
+            ddpm_weight = float(best(val)["sample"][2].split("=")[1])
+            for steps in args.ddim_steps:
+                r = attempt(f"ddpm test ddim-{steps}", b.score, "ddpm", first, t, "test", f"ddim-{steps}",
+                            ["domain.ddpm.sampler=ddim", f"domain.ddpm.steps={steps}",
+                             f"sample.guidance={ddpm_weight}", "sample.guidance_schedule=constant"], None)
+                if r and steps <= args.headline_nfe * 2:
+                    r["headline"] = True
+                rows.append(r)
+                report()
+        report()
+
+    # 4. the AR over the refiner's codes
+    t = trained.get(("ar", first))
+    if t:
+        tok = tokenizers[first][0]
+        chosen = tune_refiner(b, "ar", first, t, tok)
+        for schedule, sample in chosen.items():
+            rows.append(attempt(f"ar test {schedule}", b.score, "ar", first, t, "test", schedule, sample, tok))
+        report()
+
+    # 5. the ancestral DDPM last: its 1000 steps cost as much as everything else together
+    t = trained.get(("ddpm", first))
+    if t and ddpm_weight is not None:
+        n = args.ancestral_steps
+        r = attempt(f"ddpm test ddpm-{n}", b.score, "ddpm", first, t, "test", f"ddpm-{n}",
+                    ["domain.ddpm.sampler=ddpm", f"domain.ddpm.steps={n}",
+                     f"sample.guidance={ddpm_weight}", "sample.guidance_schedule=constant"], None)
+        if r:
+            r["headline"] = True
+        rows.append(r)
+        report()
+
+    # 6. further seeds: retrain, score the headline settings
+    for seed in args.seeds[1:]:
+        if latent:
+            tok = attempt(f"tokenizer s{seed}", b.tokenizer, seed)
+            if tok:
+                tokenizers[seed] = tok
+        for model in [m for m in args.models if m != "ar"]:
+            trained[(model, seed)] = attempt(f"train {model} s{seed}", b.train, model, seed, tokenizers.get(seed))
+            rows.extend(headline_rows(model, seed, chosen_refiner))
+        report()
+    report()
 
 
 if __name__ == "__main__":
-    main()
+    from core.provenance import StalePieceError
+    try:
+        main()
+    except StalePieceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

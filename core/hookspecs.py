@@ -15,9 +15,11 @@ There are two ways to plug a domain into the coarse-to-fine machinery:
    head (``core.targets``) and the scale transformer (``core.refiner``) from the config. Optional:
    ``c2f_tokenizer`` to refine in a learned latent space, ``c2f_refiner`` for another backbone.
 2. **Structural support** (graphs). Implement ``c2f_model`` and return an ``nn.Module`` with the
-   scale-model protocol that ``core.model.ScaleModel`` documents (``num_scales``, ``loss``,
-   ``init_state``, ``predict``, ``add_band``, ``finish``). The core sampler, trainer and CLI drive
-   it exactly as they drive the built-in model.
+   scale-model protocol of ``core.protocol`` (``ScaleModelProtocol``: ``num_scales``,
+   ``num_classes``, ``null_label``, ``loss``, ``init_state``, ``predict``, ``add_band``,
+   ``finish``; optional capabilities such as ``band_ok`` or ``repredict`` are protocols of their
+   own there). The core pipeline, trainer and CLI drive it exactly as they drive the built-in
+   model.
 
 Every hook receives the composed hydra config ``cfg`` (an ``omegaconf.DictConfig``); domain
 settings live under ``cfg.domain``.

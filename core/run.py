@@ -239,8 +239,7 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     n = s.num_samples
     cond = domain.c2f_sample_conditions(cfg=cfg, data=data, num_samples=n)
     if cond is None:
-        k = max(1, getattr(model, "num_classes", 0))
-        cond = torch.arange(n) % k if getattr(model, "num_classes", 0) else torch.full((n,), model.null_label)
+        cond = torch.arange(n) % model.num_classes if model.num_classes else torch.full((n,), model.null_label)
     try:
         scheduler, extensions = from_config(s, model)
     except ValueError as e:

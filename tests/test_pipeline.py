@@ -208,3 +208,15 @@ def test_an_interrupted_sample_task_resumes_from_its_finished_batches(tmp_path, 
     # other settings: the finished batches are not reused
     run(compose_config(over + ["task=sample", "sample.temperature=0.5"]), tmp_path)
     assert len(calls) == 3
+
+
+def test_every_built_in_model_follows_the_protocol():
+    from core.protocol import ChecksBands, HasScheduler, Perturbable, Refinable, ScaleModelProtocol
+    from sampler_cases import ar_model, ddpm_model, graph_model
+    grid, graph, ddpm, ar = grid_model(), graph_model(), ddpm_model(), ar_model()
+    for model in (grid, graph, ddpm, ar, refinable()):
+        assert isinstance(model, ScaleModelProtocol), type(model).__name__
+    assert isinstance(ddpm, HasScheduler) and not isinstance(grid, HasScheduler)
+    assert isinstance(graph, ChecksBands) and isinstance(grid, Perturbable)
+    assert isinstance(grid, Refinable) and not grid.refine_trained and refinable().refine_trained
+    assert not isinstance(ar, Refinable)

@@ -80,3 +80,26 @@ def test_commit_is_a_non_empty_string(tmp_path):
     assert provenance_label({"config_hash": "1a2b3c4d5e6f7a8b", "commit": "9bec9e0" + "0" * 33}) \
         == "cfg 1a2b3c4d5e6f7a8b @ 9bec9e0"
     assert provenance_label({"config_hash": "ab", "commit": "9bec9e0aaaa+dirty"}) == "cfg ab @ 9bec9e0+dirty"
+
+
+def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "mnist_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "mnist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(out=str(tmp_path), max_minutes=None, report_only=False)
+    b = bench.Bench(args)
+    made = []
+    config = {"piece": "score", "overrides": b.hashed(["sample.guidance=2.0", "progress=false"])}
+    first = b.piece(tmp_path / "p", config, lambda: made.append(1) or {"fd": 1.0})
+    again = b.piece(tmp_path / "p", config, lambda: made.append(1) or {"fd": 2.0})
+    assert made == [1] and first["fd"] == again["fd"] == 1.0 and "cfg " in again["provenance"]
+    # where the files are or how chatty the run is does not define a piece; a setting does
+    assert b.hashed(["sample.guidance=2.0", "progress=true"]) == config["overrides"]
+    changed = {"piece": "score", "overrides": b.hashed(["sample.guidance=3.0"])}
+    with pytest.raises(StalePieceError, match="sample.guidance"):
+        b.piece(tmp_path / "p", changed, lambda: {"fd": 3.0})
