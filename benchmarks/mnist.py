@@ -11,7 +11,9 @@ The protocol (each point is a mechanism of the core, so every benchmark can use 
   training time: their own budget is what is left of the same total. Step counts for the learning
   rate schedule come from timing a few steps; the clock has the last word.
 * **The same tricks:** EMA of the weights (``--ema``) for every model, classifier-free guidance
-  from 10% dropped labels for every model.
+  from 10% dropped labels for every model. Whether a model samples with its EMA or its raw
+  weights is chosen on validation like any sampler setting (``sample.use_ema``): a constant decay
+  of 0.999 over two thousand steps still averages in the early, poor weights.
 * **Never tuned on test.** The last 5000 MNIST training images are a validation split nobody
   trains on (``domain.val_size``). Guidance weight and schedule, temperature and refinement rounds
   are chosen on it (``domain.eval_split=val``); test is scored once per frontier point, and the
@@ -51,9 +53,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
-from core.plugins import get_domain  # noqa: E402
 from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
-from core.run import build_model, compose_config, load_data, run  # noqa: E402
+from core.run import compose_config, run, seconds_per_step  # noqa: E402
 
 VAL_SIZE = 5000
 SCHEDULES = {"constant": {}, "linear": {}, "interval-coarse": {"interval": [0, 2]},
@@ -80,6 +81,7 @@ class Bench:
         self.out = Path(args.out)
         self.deadline = time.time() + args.max_minutes * 60 if args.max_minutes else None
         self.out_of_time = False
+        self.weights = {}  # model -> "ema" | "raw", chosen on val (choose_weights)
 
     def piece(self, folder: Path, config: dict, make):
         """Reuse ``folder``'s metrics if its provenance matches ``config``; else make them."""
@@ -146,7 +148,7 @@ class Bench:
         def make():
             plan = _load(folder / "plan.json")
             if plan is None:
-                sps = seconds_per_step(over)
+                sps = seconds_per_step(compose_config(over))
                 plan = {"steps": max(1, int(budget / sps)), "seconds_per_step": sps}
                 write_json_atomic(plan, folder / "plan.json")
             say(f"train {model}, seed {seed}: {budget:.0f} s, planned {plan['steps']} steps")
@@ -160,7 +162,12 @@ class Bench:
 
     # --- sample + evaluate
     def score(self, model: str, seed: int, trained: dict, split: str, name: str, sample: list[str],
-              tok: Path | None) -> dict | None:
+              tok: Path | None, weights: str | None = None) -> dict | None:
+        """Sample and evaluate one setting; ``weights`` (default: the model's val choice) says
+        whether the EMA or the raw weights of the checkpoint sample."""
+        setting = sample  # without the weights choice: what tuning hands on
+        if (weights or self.weights.get(model, "ema")) == "raw":
+            name, sample = f"{name}_raw", sample + ["sample.use_ema=false"]
         n = self.args.samples
         folder = self.out / f"{model}_s{seed}" / split / f"{name}_n{n}"
         over = self.model_overrides(model, seed, tok) + sample + [
@@ -178,30 +185,25 @@ class Bench:
         m = self.piece(folder, config, make)
         if m is None:
             return None
-        return {"model": model, "seed": seed, "split": split, "setting": name, "sample": sample,
+        return {"model": model, "seed": seed, "split": split, "setting": name, "sample": setting,
                 "train_seconds": trained["train_seconds"] + trained.get("tokenizer_seconds", 0.0),
                 "train_steps": trained["train_steps"], "m": m}
 
 
-def seconds_per_step(over: list[str], probe_steps: int = 3) -> float:
-    """Wall time of one training step of this model (after a warm-up step)."""
-    cfg = compose_config(over)
-    domain = get_domain("image")
-    data = load_data(cfg, domain, "train")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, domain, data).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    index = torch.arange(cfg.train.batch_size) % len(data)
-    batch = (data.x[index], data.cond[index])
-    times = []
-    for _ in range(probe_steps + 1):
-        t0 = time.perf_counter()
-        loss, _ = model.loss(batch, torch.Generator().manual_seed(0))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return sum(times[1:]) / probe_steps
+def choose_weights(b: Bench, model: str, seed: int, trained: dict, name: str, sample: list[str],
+                   tok: Path | None) -> str:
+    """EMA or raw weights, whichever scores better on val at the model's shipped setting: a short
+    run can end before a slow EMA has caught up with the weights it averages."""
+    try:
+        rows = {w: b.score(model, seed, trained, "val", name, sample, tok, weights=w) for w in ("ema", "raw")}
+    except OutOfTime:
+        return "ema"
+    if not all(rows.values()):
+        return "ema"
+    b.weights[model] = min(rows, key=lambda w: rows[w]["m"]["fd"])
+    say(f"{model}: sampling with the {b.weights[model]} weights (val FD "
+        + ", ".join(f"{w} {r['m']['fd']:.3g}" for w, r in rows.items()) + ")")
+    return b.weights[model]
 
 
 # ---------------------------------------------------------------- sampler settings
@@ -294,8 +296,10 @@ def plot(rows: list[dict], doc: Path) -> str:
                 px = [p["m"].get(xkey) for p in points]
                 py = [p["m"].get(ykey) for p in points]
                 style = "-o" if model != "ar" else "s"
-                ax.plot(px, py, style, color=colours[model], alpha=0.9 if model != "refiner" else 0.6,
-                        ms=4, label=f"{model} {label}" if model == "refiner" else model)
+                shades = {"constant": "tab:blue", "linear": "tab:cyan", "interval-coarse": "tab:purple",
+                          "interval-fine": "navy"}
+                colour = shades.get(label.replace("_raw", ""), colours[model]) if model == "refiner" else colours[model]
+                ax.plot(px, py, style, color=colour, ms=4, label=f"{model} {label}" if model != "ddpm" else model)
                 if model == "ddpm":
                     for p, x, y in zip(points, px, py):
                         ax.annotate(p["setting"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -331,7 +335,9 @@ def write_report(b: Bench, rows: list[dict], trained: dict, tokenizers: dict, pe
              f"{elapsed / 60:.1f} minutes (finished pieces of earlier ones are reused).", "",
              f"Protocol (see the docstring of `benchmarks/mnist.py`): {args.budget_minutes:g} minutes of "
              "training per model, the tokenizer's time charged to the latent models; EMA "
-             f"{args.ema} for all; settings chosen on a validation split of {VAL_SIZE} MNIST training "
+             f"{args.ema} for all, and each model samples with its EMA or its raw weights, "
+             "whichever scores better on validation at its shipped setting (`_raw` in a setting "
+             "name: the raw weights); settings chosen on a validation split of {VAL_SIZE} MNIST training "
              f"images; {args.samples} samples per row, scored against the MNIST test images (the "
              f"floor: {args.samples} real training images, FD {_fmt(floor.get('floor_fd'))}, KID "
              f"{_fmt(floor.get('floor_kid'))}). NFE counts every network pass per sample; under "
@@ -436,9 +442,9 @@ def main(argv=None):
     def report():
         write_report(b, rows, trained, tokenizers, pending, time.time() - start)
 
-    def attempt(label, fn, *a):
+    def attempt(label, fn, *a, **kw):
         try:
-            out = fn(*a)
+            out = fn(*a, **kw)
         except OutOfTime:
             out = None
         if out is None:
@@ -480,6 +486,9 @@ def main(argv=None):
     t = trained.get(("refiner", first))
     if t:
         tok = tokenizers[first][0]
+        rows += [attempt(f"refiner val linear_w2 {w}", b.score, "refiner", first, t, "val", "linear_w2",
+                         guidance(2.0, "linear"), tok, weights=w) for w in ("ema", "raw")]
+        choose_weights(b, "refiner", first, t, "linear_w2", guidance(2.0, "linear"), tok)
         chosen = tune_refiner(b, "refiner", first, t, tok)
         candidates = []
         for schedule, sample in chosen.items():
@@ -487,23 +496,27 @@ def main(argv=None):
                 name = f"{schedule}_R{r}"
                 v = attempt(f"refiner val {name}", b.score, "refiner", first, t, "val", name,
                             rounds_setting(sample, r), tok)
-                if v and v["m"]["nfe"] <= args.headline_nfe:
-                    candidates.append((v["m"]["fd"], name, rounds_setting(sample, r)))
-                rows.append(v)
-                rows.append(attempt(f"refiner test {name}", b.score, "refiner", first, t, "test", name,
-                                    rounds_setting(sample, r), tok))
+                test_row = attempt(f"refiner test {name}", b.score, "refiner", first, t, "test", name,
+                                   rounds_setting(sample, r), tok)
+                if v and test_row and v["m"]["nfe"] <= args.headline_nfe:
+                    candidates.append((v["m"]["fd"], len(candidates), name, rounds_setting(sample, r), test_row))
+                rows += [v, test_row]
         if candidates:
-            _, name, sample = min(candidates)
+            _, _, name, sample, test_row = min(candidates)
             chosen_refiner = (name, sample)
-            for r in rows:
-                if r and r["split"] == "test" and r["model"] == "refiner" and r["setting"] == name:
-                    r["headline"] = True
+            test_row["headline"] = True
         report()
 
     # 3. the DDPM: guidance weight on val with DDIM-10, then DDIM and DDPM-1000 on test
     ddpm_weight = None
     t = trained.get(("ddpm", first))
     if t:
+        ddim10 = ["domain.ddpm.sampler=ddim", "domain.ddpm.steps=10"]
+        rows += [attempt(f"ddpm val ddim-10_w2 {w}", b.score, "ddpm", first, t, "val", "ddim-10_w2",
+                         ddim10 + ["sample.guidance=2.0", "sample.guidance_schedule=constant"], None,
+                         weights=w) for w in ("ema", "raw")]
+        choose_weights(b, "ddpm", first, t, "ddim-10_w2", ddim10 + ["sample.guidance=2.0",
+                       "sample.guidance_schedule=constant"], None)
         val = [attempt(f"ddpm val ddim-10 w{w:g}", b.score, "ddpm", first, t, "val", f"ddim-10_w{w:g}",
                        ["domain.ddpm.sampler=ddim", "domain.ddpm.steps=10", f"sample.guidance={w}",
                         "sample.guidance_schedule=constant"], None) for w in args.weights]
@@ -525,6 +538,9 @@ def main(argv=None):
     t = trained.get(("ar", first))
     if t:
         tok = tokenizers[first][0]
+        rows += [attempt(f"ar val linear_w2 {w}", b.score, "ar", first, t, "val", "linear_w2",
+                         guidance(2.0, "linear"), tok, weights=w) for w in ("ema", "raw")]
+        choose_weights(b, "ar", first, t, "linear_w2", guidance(2.0, "linear"), tok)
         chosen = tune_refiner(b, "ar", first, t, tok)
         for schedule, sample in chosen.items():
             rows.append(attempt(f"ar test {schedule}", b.score, "ar", first, t, "test", schedule, sample, tok))

@@ -39,8 +39,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
-from core.run import build_model, compose_config, load_data, run  # noqa: E402
-from core.plugins import get_domain  # noqa: E402
+from core.run import compose_config, run, seconds_per_step  # noqa: E402
 
 LATENT_SCALES = {"default": [1, 2, 3, 4, 5, 7], "fewer": [1, 3, 5, 7], "more": [1, 2, 3, 4, 5, 6, 7]}
 PIXEL_SCALES = {"default": [1, 2, 4, 7, 14, 28], "fewer": [1, 4, 14, 28],
@@ -113,27 +112,6 @@ def train_tokenizer(scales: str, args) -> tuple[Path, dict]:
     return folder / "tokenizer.pt", done
 
 
-def seconds_per_step(over: list[str], probe_steps: int = 3) -> float:
-    """Wall time of one training step of this model (after a warm-up step)."""
-    cfg = compose_config(over)
-    domain = get_domain("image")
-    data = load_data(cfg, domain, "train")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, domain, data).train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    index = torch.arange(cfg.train.batch_size) % len(data)
-    batch = (data.x[index], data.cond[index])
-    times = []
-    for _ in range(probe_steps + 1):
-        t0 = time.perf_counter()
-        loss, _ = model.loss(batch, torch.Generator().manual_seed(0))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return sum(times[1:]) / probe_steps
-
-
 def train(s: Setting, over: list[str], share_seconds: float, args) -> dict:
     folder = Path(args.out) / s.name / "train"
     done = _load(folder / "metrics.json")
@@ -144,7 +122,7 @@ def train(s: Setting, over: list[str], share_seconds: float, args) -> dict:
         if args.steps:
             plan = {"steps": args.steps, "seconds_per_step": None}
         else:
-            sps = seconds_per_step(over)
+            sps = seconds_per_step(compose_config(over))
             plan = {"steps": max(1, int(share_seconds / sps)), "seconds_per_step": sps}
         write_json_atomic(plan, folder / "plan.json")
     est = ""

@@ -79,6 +79,7 @@ class TrainSection:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     ema: float = 0.0
+    ema_warmup: bool = False
     log_every: int = 25
     ckpt_every: int = 200
     resume: bool = False
@@ -102,6 +103,7 @@ class SampleConfig:
     shift_sigma: float = 0.0             # its size, relative to the clean state's per-channel std
     max_redraws: int = 0                 # constrained draws (model.band_ok): redraws per scale
     flops_samples: int = 4               # samples whose FLOPs are counted (0: none)
+    use_ema: bool = True                 # sample with the EMA weights when the checkpoint has them
 
 
 @dataclass
@@ -201,6 +203,27 @@ def _checkpoint_path(cfg, run_dir: Path) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else run_dir / "checkpoints" / "last.pt"
 
 
+def seconds_per_step(cfg, probe_steps: int = 3) -> float:
+    """Wall time of one training step of the model ``cfg`` builds (after a warm-up step): plans
+    a step count for a wall-clock budget (``train.max_seconds`` has the last word)."""
+    cfg = validate_config(cfg)
+    domain = get_domain(cfg.domain.name)
+    data = load_data(cfg, domain, "train")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, domain, data).train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch = _collate(cfg, domain, data, torch.arange(cfg.train.batch_size) % len(data))
+    times = []
+    for _ in range(probe_steps + 1):
+        t0 = time.perf_counter()
+        loss, _ = model.loss(batch, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return sum(times[1:]) / probe_steps
+
+
 # ---------------------------------------------------------------- tasks
 def task_train(cfg, domain, run_dir: Path) -> dict:
     data = load_data(cfg, domain, "train")
@@ -234,8 +257,8 @@ def _sample_parts(cfg, run_dir: Path) -> Path:
 def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
-    model = load_weights(build_model(cfg, domain, data), _checkpoint_path(cfg, run_dir))
     s = cfg.sample
+    model = load_weights(build_model(cfg, domain, data), _checkpoint_path(cfg, run_dir), use_ema=s.use_ema)
     n = s.num_samples
     cond = domain.c2f_sample_conditions(cfg=cfg, data=data, num_samples=n)
     if cond is None:

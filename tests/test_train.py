@@ -153,3 +153,11 @@ def test_checkpoint_without_train_seconds_counts_as_zero(tmp_path):
     tcfg.steps, tcfg.resume, tcfg.max_seconds = 6, True, 1.5
     out = train(tiny_digits()[0], len(data), batch, tcfg, tmp_path, clock=FakeClock())
     assert out["train_steps"] == 5 and out["train_seconds"] == 2.0 and out["stopped_by_time"] == 1.0
+
+
+def test_ema_warmup_starts_from_recent_weights():
+    from core.train import ema_decay
+    cfg = TrainConfig(ema=0.999, ema_warmup=True)
+    assert ema_decay(0, cfg) == pytest.approx(0.1) and ema_decay(2000, cfg) == pytest.approx(2001 / 2010)
+    assert ema_decay(10**6, cfg) == 0.999
+    assert ema_decay(0, TrainConfig(ema=0.999)) == 0.999  # off: the constant decay

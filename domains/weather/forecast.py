@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from tqdm.auto import tqdm
 
 from core import distributed
+from core.compute import count_flops
 from core.io import atomic_path
 from core.sampler import from_config, generate, member_seed
 from domains.weather.data import WeatherDataError
@@ -202,4 +203,12 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
         out.update({"forecast/member_steps_per_second": member_steps / seconds,
                     "forecast/nfe_per_member_step": calls / (done * lead_steps),
                     "forecast/seconds_per_member_step": seconds / member_steps})
+    if len(inits) and int(f.get("flops_members", 1)) > 0:
+        # FLOPs of one lead step, counted apart from the timed loop (the counter slows it down)
+        t0 = inits[0]
+        i = index[np.datetime64(t0, "ns")]
+        members = min(int(f.members), int(f.get("flops_members", 1)))
+        _, flops = count_flops(rollout, model, data, torch.from_numpy(fields[i]),
+                               torch.from_numpy(fields[i - stride]), t0, members, 1, sampling, int(cfg.seed))
+        out["forecast/flops_per_member_step"] = flops / members
     return out

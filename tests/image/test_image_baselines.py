@@ -297,3 +297,40 @@ def test_noise_shift_through_the_cli(tmp_path, shared_data, space):
         out[name] = torch.load(tmp_path / name / "samples.pt", weights_only=True)["samples"]
     assert torch.equal(out["plain"], out["zero"])
     assert not torch.allclose(out["plain"], out["shifted"])
+
+
+def _frontier_benchmark():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "mnist_frontier", Path(__file__).resolve().parents[2] / "benchmarks" / "mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_network_passes_at_the_frontier_benchmark_settings(tmp_path, shared_data, judge):
+    """NFE, its backbone share, the doubled batch and FLOPs, at the settings benchmarks/mnist.py
+    samples with (guidance schedules, refinement rounds, DDIM steps), not only at the defaults."""
+    bench = _frontier_benchmark()
+    refiner = tiny(shared_data, "domain.space=latent", "model.refine=true", "sample.flops_samples=2")
+    run(compose_config(refiner + ["task=train"]), tmp_path / "refiner")
+    ckpt = tmp_path / "refiner" / "checkpoints" / "last.pt"
+    flops = []
+    for rounds in bench.ROUNDS:
+        sample = bench.rounds_setting(bench.guidance(2.0, "interval-coarse"), rounds)
+        m = run(compose_config(refiner + sample + ["task=sample", f"checkpoint={ckpt}"]),
+                tmp_path / f"r{rounds}")
+        assert m["nfe"] == m["nfe_backbone"] == 6 * (1 + rounds) and m["guidance_doubles_batch"] == 1
+        flops.append(m["flops_per_sample"])
+    assert flops == sorted(flops) and flops[-1] > 3 * flops[0]
+    ddpm = tiny(shared_data, "domain.baseline=ddpm", "sample.flops_samples=1")
+    run(compose_config(ddpm + ["task=train"]), tmp_path / "ddpm")
+    ckpt = tmp_path / "ddpm" / "checkpoints" / "last.pt"
+    for steps, weight in ((5, 2.0), (5, 0.0)):
+        m = run(compose_config(ddpm + ["task=sample", f"checkpoint={ckpt}", "domain.ddpm.sampler=ddim",
+                                       f"domain.ddpm.steps={steps}", f"sample.guidance={weight}"]),
+                tmp_path / f"ddim{steps}_{weight:g}")
+        assert m["nfe"] == m["nfe_backbone"] == steps and m["guidance_doubles_batch"] == (weight > 0)
+        flops.append(m["flops_per_sample"])
+    assert flops[-2] == pytest.approx(2 * flops[-1], rel=0.01)  # guidance doubles the work, not NFE
