@@ -103,3 +103,19 @@ def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
     changed = {"piece": "score", "overrides": b.hashed(["sample.guidance=3.0"])}
     with pytest.raises(StalePieceError, match="sample.guidance"):
         b.piece(tmp_path / "p", changed, lambda: {"fd": 3.0})
+
+
+def test_results_twin_holds_the_rows_of_its_page(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "results_twin", Path(__file__).resolve().parents[1] / "benchmarks" / "results_twin.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = tmp_path / "r.md"
+    page.write_text("# R\n\nCommand: `python x.py --a 1`\n\n## Ours\n\n| run | FD |\n|---|---|\n"
+                    "| a | 1.5 |\n| b | 2 |\n\ntext\n")
+    out = module.twin(page)
+    assert out["command"] == "python x.py --a 1"
+    assert out["tables"] == [{"section": "Ours", "columns": ["run", "FD"],
+                              "rows": [{"run": "a", "FD": "1.5"}, {"run": "b", "FD": "2"}]}]
