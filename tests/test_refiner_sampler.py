@@ -2,26 +2,15 @@
 import pytest
 import torch
 
-from core.grid import GridOps
-from core.model import ScaleModel
-from core.pyramid import ResidualPyramid
-from core.quantizers import IdentityQuantizer, ScalarQuantizer
 from core.refiner import ScaleTransformer, attention_mask
 from core.sampler import (Guidance, NoiseShift, TokenScheduler, filter_logits, generate,
                           member_seeds)
-from core.targets import make_head
+from sampler_cases import SIZES, grid_model
 
-SIZES = [1, 2, 4, 8]
 
 
 def make_model(target="index", mask="block_causal", num_classes=10):
-    torch.manual_seed(0)
-    ops = GridOps(SIZES)
-    quantizer = IdentityQuantizer(1) if target == "continuous" else ScalarQuantizer(1, 16, -1.5, 1.5)
-    refiner = ScaleTransformer(1, [ops.positions(k) for k in range(len(SIZES))], num_classes,
-                               d_model=32, layers=2, heads=2, mask=mask)
-    head = make_head(target, 32, quantizer)
-    return ScaleModel(ResidualPyramid(ops, quantizer), refiner, head, 1, num_classes).eval()
+    return grid_model(target, mask, num_classes, calibrate=False)
 
 
 def scale_slices():
