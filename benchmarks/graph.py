@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
+from core.train import resume_override  # noqa: E402
 
 # separated pyramid (no two merged pairs adjacent: a level's node splits do not interact, about
 # 17 levels for 64 planar nodes); the edges of each expanding node drawn one per round in a walk
@@ -109,7 +110,8 @@ def main():
         if trained is None:
             print(f"[{time.strftime('%H:%M:%S')}] train {name}", flush=True)
             steps = [f"train.steps={args.steps}"] if args.steps else []
-            trained = run(compose_config(base + ["task=train", "train.resume=true"] + steps), folder / "train")
+            trained = run(compose_config(base + ["task=train", resume_override(folder / "train")] + steps),
+                          folder / "train")
         ckpt = folder / "train" / "checkpoints" / "last.pt"
         for temp in args.temperature:
             for mode, extra in (("plain", []), ("constrained", ["domain.constrain=auto"])):

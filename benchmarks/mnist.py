@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
 from core.run import compose_config, run, seconds_per_step  # noqa: E402
+from core.train import resume_override  # noqa: E402
 
 VAL_SIZE = 5000
 SCHEDULES = {"constant": {}, "linear": {}, "interval-coarse": {"interval": [0, 2]},
@@ -153,7 +154,7 @@ class Bench:
                 write_json_atomic(plan, folder / "plan.json")
             say(f"train {model}, seed {seed}: {budget:.0f} s, planned {plan['steps']} steps")
             m = run(compose_config(over + ["task=train", f"train.steps={plan['steps']}",
-                                           "train.resume=true"]), folder)
+                                           resume_override(folder)]), folder)
             return {**m, "tokenizer_seconds": charged, "budget_seconds": budget + charged}
         m = self.piece(folder, config, make)
         if m is not None:
@@ -188,6 +189,48 @@ class Bench:
         return {"model": model, "seed": seed, "split": split, "setting": name, "sample": setting,
                 "train_seconds": trained["train_seconds"] + trained.get("tokenizer_seconds", 0.0),
                 "train_steps": trained["train_steps"], "m": m}
+
+
+def ceilings(b: Bench, seed: int, tok_piece) -> list[dict]:
+    """Two rows no generator is trained for, scored against the test images like every sample
+    set: ``--samples`` real validation images (what a perfect copy of the training distribution
+    reaches at this sample count, beside the floor made of training images), and the tokenizer's
+    reconstructions of the same images (the best any model over the tokenizer's codes can do)."""
+    import torch as _torch
+
+    from core.plugins import get_domain
+    from domains.image.tokenizer import load_tokenizer
+
+    tok_path, tok_m = tok_piece
+    n = b.args.samples
+    rows = []
+    for name in ("real-val", "tokenizer-recon"):
+        folder = b.out / f"tokenizer_s{seed}" / "test" / f"{name}_n{n}"
+        over = b.base(seed) + ["domain.space=latent", f"domain.tokenizer_path={tok_path}", "domain.eval_split=test"]
+        config = {"piece": "ceiling", "name": name, "overrides": b.hashed(over),
+                  "tokenizer": tok_m["config_hash"] if name == "tokenizer-recon" else None}
+
+        def make(name=name, folder=folder, over=over):
+            say(f"{name}, seed {seed}")
+            cfg = compose_config(over)
+            val = get_domain("image").c2f_load_data(cfg=cfg, split="val")
+            x, cond = val.x[:n], val.cond[:n]
+            if name == "tokenizer-recon":
+                tok = load_tokenizer(tok_path).eval()
+                with _torch.no_grad():
+                    x = _torch.cat([tok.reconstruct(x[i:i + 250]) for i in range(0, len(x), 250)])
+            path = folder / "samples.pt"
+            folder.mkdir(parents=True, exist_ok=True)
+            _torch.save({"samples": x, "cond": cond}, path)
+            m = run(compose_config(over + ["task=evaluate", f"samples_path={path}"]), folder / "evaluate")
+            return {**m, "nfe": 0, "seconds_per_sample": 0.0, "samples": len(x)}
+        m = b.piece(folder, config, make)
+        if m is not None:
+            rows.append({"model": "tokenizer" if name == "tokenizer-recon" else "real", "seed": seed,
+                         "split": "test", "setting": name, "sample": [],
+                         "train_seconds": tok_m["train_seconds"] if name == "tokenizer-recon" else 0.0,
+                         "train_steps": tok_m.get("steps", 0) if name == "tokenizer-recon" else 0, "m": m})
+    return rows
 
 
 def choose_weights(b: Bench, model: str, seed: int, trained: dict, name: str, sample: list[str],
@@ -285,7 +328,10 @@ def plot(rows: list[dict], doc: Path) -> str:
           ("seconds_per_sample", "seconds per sample (2 CPU cores)")]
     ys = [("fd_over_floor", "FD / real-vs-real floor"), ("kid", "KID (unbiased)")]
     groups = {}
+    levels = [r for r in test if r["model"] in ("real", "tokenizer")]
     for r in test:
+        if r in levels:
+            continue
         key = (r["model"], r["setting"].split("_R")[0] if r["model"] != "ddpm" else "ddpm")
         groups.setdefault(key, []).append(r)
     for i, (ykey, ylabel) in enumerate(ys):
@@ -303,6 +349,8 @@ def plot(rows: list[dict], doc: Path) -> str:
                 if model == "ddpm":
                     for p, x, y in zip(points, px, py):
                         ax.annotate(p["setting"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            for r, style in zip(levels, (":", "--")):
+                ax.axhline(r["m"][ykey], color="grey", ls=style, lw=1, label=r["setting"])
             ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel)
             if ykey == "fd_over_floor":
                 ax.set_yscale("log")
@@ -342,7 +390,11 @@ def write_report(b: Bench, rows: list[dict], trained: dict, tokenizers: dict, pe
              f"floor: {args.samples} real training images, FD {_fmt(floor.get('floor_fd'))}, KID "
              f"{_fmt(floor.get('floor_kid'))}). NFE counts every network pass per sample; under "
              "guidance one pass carries both halves of the batch (`2x` in the table), which FLOPs "
-             "count. Seconds per sample are wall time of the sampling loop at the batch size shown.", ""]
+             "count. Seconds per sample are wall time of the sampling loop at the batch size shown. "
+             "Two rows are no generator: `real-val` is as many real validation images (what a perfect "
+             "model of the training distribution reaches at this sample count), `tokenizer-recon` "
+             "the tokenizer's reconstructions of them (the best any model over its codes can reach); "
+             "the plot draws them as grey lines.", ""]
     heads = [r for r in test if r.get("headline")]
     if heads:
         lines += ["## Headline rows", "", "Mean (range) over training seeds "
@@ -477,6 +529,8 @@ def main(argv=None):
         tok = attempt(f"tokenizer s{first}", b.tokenizer, first)
         if tok:
             tokenizers[first] = tok
+    if first in tokenizers:
+        rows += attempt(f"ceilings s{first}", ceilings, b, first, tokenizers[first]) or []
     for model in args.models:
         trained[(model, first)] = attempt(f"train {model} s{first}", b.train, model, first, tokenizers.get(first))
     report()

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.run import compose_config, run, seconds_per_step  # noqa: E402
+from core.train import resume_override  # noqa: E402
 
 LATENT_SCALES = {"default": [1, 2, 3, 4, 5, 7], "fewer": [1, 3, 5, 7], "more": [1, 2, 3, 4, 5, 6, 7]}
 PIXEL_SCALES = {"default": [1, 2, 4, 7, 14, 28], "fewer": [1, 4, 14, 28],
@@ -129,7 +130,7 @@ def train(s: Setting, over: list[str], share_seconds: float, args) -> dict:
     if plan["seconds_per_step"]:
         est = f", about {plan['steps'] * plan['seconds_per_step'] / 60:.1f} min"
     say(f"train {s.name}: {plan['steps']} steps{est}")
-    return run(compose_config(over + ["task=train", f"train.steps={plan['steps']}", "train.resume=true"]),
+    return run(compose_config(over + ["task=train", f"train.steps={plan['steps']}", resume_override(folder)]),
                folder)
 
 

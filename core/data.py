@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from core.errors import InputError
 
 
 @dataclass
@@ -27,7 +28,7 @@ def check_samples(x: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
     """Generated (or user-given) samples must be [N, *shape] and finite before they are scored."""
     if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
         dims = ", ".join(str(d) for d in shape)
-        raise ValueError(f"{what} samples must be [N, {dims}], got {tuple(x.shape)}")
+        raise InputError(f"{what} samples must be [N, {dims}], got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
-        raise ValueError(f"{what} samples contain NaN or infinite values")
+        raise InputError(f"{what} samples contain NaN or infinite values")
     return x

@@ -128,6 +128,14 @@ def c2f_visualize(cfg, samples, path):
 
 
 @hookspec(firstresult=True)
+def c2f_free_settings(cfg):
+    """Names of this domain's settings (relative to ``domain.``, e.g. ``["eval_split"]``) that
+    only change sampling or scoring, never training: a resumed run may change them, and a
+    sample/evaluate run may set them differently from its checkpoint. All other domain settings
+    are taken from the checkpoint (``core.records``). Default: none."""
+
+
+@hookspec(firstresult=True)
 def c2f_run_task(cfg, task, run_dir):
     """Run a task the core does not know (``forecast``, ``train_tokenizer``, ``benchmark``…)
     and return its metrics dict, or ``None`` if this domain does not provide ``task``.

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pluggy
 
 from core import hookspecs
+from core.errors import UserError
 
 BUILTIN_DOMAINS = {
     "digits": "domains.digits.plugin",
@@ -29,7 +30,7 @@ _pm: pluggy.PluginManager | None = None
 _sources: dict[str, object] = {}  # domain name -> module path (str) or a plugin object
 
 
-class UnknownDomainError(LookupError):
+class UnknownDomainError(UserError, LookupError):
     pass
 
 

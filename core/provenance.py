@@ -76,12 +76,12 @@ def current_commit(repo=REPO) -> str:
 
 
 # ---------------------------------------------------------------- checking and recording a piece
-def _flatten(value, prefix: str = "") -> dict:
+def flatten(value, prefix: str = "") -> dict:
     """Nested dicts as dotted keys; lists and scalars are leaves."""
     if isinstance(value, dict) and value:
         out = {}
         for key, sub in value.items():
-            out.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+            out.update(flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix or "<config>": value}
 
@@ -95,7 +95,7 @@ def _show(value, absent: bool = False) -> str:
 
 def changed_keys(old, new) -> list[str]:
     """``key: old -> new`` for every dotted key whose value differs between two configs."""
-    old, new = _flatten(plain_config(old)), _flatten(plain_config(new))
+    old, new = flatten(plain_config(old)), flatten(plain_config(new))
     lines = []
     for key in sorted(old.keys() | new.keys()):
         if key in old and key in new and _canonical(old[key]) == _canonical(new[key]):

@@ -8,7 +8,10 @@ know are handed to the domain (``c2f_run_task``).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+from contextlib import nullcontext
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,31 +20,39 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from core import distributed
 from core.data import TensorData
+from core.determinism import set_deterministic
 from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
-from core.io import save_atomic, write_json_atomic
+from core.io import atomic_path, remove_stale_temps, save_atomic, write_json_atomic
+from core.parts import keyed_folder
 from core.model import ScaleModel
 from core.plugins import UnknownDomainError, available_domains, config_dirs, get_domain
 from core.pyramid import ResidualPyramid
 from core.quantizers import make_quantizer
 from core.refiner import ScaleTransformer
 from core.compute import count_flops
+from core.errors import (ConfigError, DiskFullError, InputError, MissingFileError,  # noqa: F401
+                         SettingsError, UserError)
 from core.protocol import Perturbable
+from core.provenance import flatten
+from core.records import (FREE, SAMPLING_FREE, RunLock, adopt, check_resume, explicit_keys, nearest,
+                          recorded_config, stamp)
 from core.sampler import NoiseShift, from_config, generate, member_seed
 from core.targets import make_head
-from core.train import TrainConfig, load_weights, train
+from core.train import TrainConfig, load_checkpoint, load_weights, train
+
+log = logging.getLogger("c2f")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CORE_TASKS = ("train", "sample", "evaluate", "all")
 PIPELINE = ("train", "sample", "evaluate")
 
 
-class ConfigError(ValueError):
-    pass
 
 
 # ---------------------------------------------------------------- config schema (core sections)
@@ -83,6 +94,7 @@ class TrainSection:
     log_every: int = 25
     ckpt_every: int = 200
     resume: bool = False
+    extend: bool = False              # resume with a larger train.steps (the schedule is kept)
     max_seconds: float = 0.0
 
 
@@ -114,23 +126,53 @@ class Schema:
     progress: bool = True
     checkpoint: Any = None
     samples_path: Any = None
+    deterministic: bool = True        # bit-for-bit repeatable seeded runs (core.determinism)
+    overrides: list = field(default_factory=list)  # the command line that composed this config
     model: ModelConfig = field(default_factory=ModelConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
 
+# (setting, smallest allowed value): sizes and counts a run cannot do without
+POSITIVE = (("train.steps", 1), ("train.batch_size", 1), ("train.log_every", 1), ("train.ckpt_every", 1),
+            ("sample.num_samples", 1), ("sample.batch_size", 1), ("refiner.d_model", 1),
+            ("refiner.layers", 1), ("refiner.heads", 1), ("model.num_codes", 2),
+            ("sample.refine_rounds", 0), ("sample.max_redraws", 0), ("sample.flops_samples", 0),
+            ("train.max_seconds", 0), ("train.lr", 0))
+
+
+def known_settings(cfg=None) -> list[str]:
+    """Every dotted setting name of the core schema (and of ``cfg``'s domain section)."""
+    names = [k for k in flatten(OmegaConf.to_container(OmegaConf.structured(Schema))) if k != "domain"]
+    if cfg is not None and "domain" in cfg:
+        names += [f"domain.{k}" for k in flatten(OmegaConf.to_container(cfg.domain, resolve=False))]
+    return names
+
+
+def _unknown_key_error(key: str, cfg=None) -> ConfigError:
+    guess = nearest(key, known_settings(cfg))
+    return ConfigError(f"unknown setting '{key}'" + (f"; did you mean '{guess}'?" if guess else
+                                                     "; see configs/config.yaml for the settings"))
+
+
 def validate_config(cfg: DictConfig) -> DictConfig:
-    """Check the core sections' keys and types; domain sections stay free-form."""
+    """Check the core sections' keys, types and ranges; domain sections stay free-form."""
     try:
         schema = OmegaConf.structured(Schema)
         body = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
         merged = OmegaConf.merge(schema, body)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {e.msg}") from None
+        if type(e).__name__ == "ConfigKeyError" and key:
+            raise _unknown_key_error(str(key), cfg) from None
+        raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {e.msg.splitlines()[0]}") from None
     if "name" not in merged.domain:
         raise ConfigError("config has no domain.name; pick a domain with domain=<name>")
+    for key, least in POSITIVE:
+        value = OmegaConf.select(merged, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{key}={value} is not allowed: it must be at least {least}")
     return merged
 
 
@@ -138,10 +180,32 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
     """Compose and validate the config without hydra's run machinery (tests, notebooks)."""
     from hydra import compose, initialize_config_dir
 
-    overrides = _with_plugin_paths(list(overrides))
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return validate_config(cfg)
+    given = [str(o) for o in overrides]
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=_with_plugin_paths(given))
+    except HydraException as e:
+        raise _composition_error(e, given) from None
+    cfg = validate_config(cfg)
+    cfg.overrides = given
+    return cfg
+
+
+def _composition_error(e: Exception, overrides: list[str]) -> ConfigError:
+    """hydra's composition failure as one line: a misspelled setting gets the nearest name."""
+    text = str(e)
+    for o in overrides:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if f"'{key}'" in text or f"Key '{key.rsplit('.', 1)[-1]}'" in text:
+            if "not in struct" in text or "Could not override" in text or "Could not append" in text:
+                try:  # the settings of the config without the misspelled one, domain's included
+                    rest = compose_config([x for x in overrides if x != o])
+                except (ConfigError, UnknownDomainError):
+                    rest = None
+                return _unknown_key_error(key, rest)
+            if "Could not find" in text:
+                break
+    return ConfigError(text.splitlines()[0] if text else type(e).__name__)
 
 
 def _with_plugin_paths(overrides: list[str]) -> list[str]:
@@ -230,7 +294,8 @@ def task_train(cfg, domain, run_dir: Path) -> dict:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, domain, data)
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.train), seed=cfg.seed, progress=cfg.progress)
-    stats = train(model, len(data), lambda idx: _collate(cfg, domain, data, idx), tcfg, run_dir)
+    stats = train(model, len(data), lambda idx: _collate(cfg, domain, data, idx), tcfg, run_dir,
+                  record=stamp(cfg))
     stats["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return stats
 
@@ -244,21 +309,18 @@ def _sample_parts(cfg, run_dir: Path) -> Path:
            "checkpoint": str(ckpt.resolve()), "checkpoint_mtime": ckpt.stat().st_mtime_ns,
            "domain": OmegaConf.to_container(cfg.domain, resolve=True),
            "model": OmegaConf.to_container(cfg.model, resolve=True)}
-    if distributed.is_main():
-        stored = folder / "settings.json"
-        if folder.is_dir() and (not stored.is_file() or json.loads(stored.read_text()) != key):
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(key, stored)
-    distributed.barrier()
-    return folder
+    return keyed_folder(folder, key, also=(run_dir / "samples.pt",))[0]
 
 
 def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
+    ckpt = _checkpoint_path(cfg, run_dir)
+    if not cfg.checkpoint and not ckpt.is_file():
+        raise InputError("task=sample needs a trained model: pass checkpoint=<run folder>/checkpoints/last.pt "
+                         "(or use task=all to train one here first)")
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
     s = cfg.sample
-    model = load_weights(build_model(cfg, domain, data), _checkpoint_path(cfg, run_dir), use_ema=s.use_ema)
+    model = load_weights(build_model(cfg, domain, data), ckpt, use_ema=s.use_ema)
     n = s.num_samples
     cond = domain.c2f_sample_conditions(cfg=cfg, data=data, num_samples=n)
     if cond is None:
@@ -342,25 +404,118 @@ def task_evaluate(cfg, domain, run_dir: Path, samples=None) -> dict:
         samples = domain.c2f_load_samples(cfg=cfg, path=path)
         if samples is None:
             if not path.is_file():
-                raise FileNotFoundError(f"samples file not found: {path} (run task=sample first "
-                                        "or set samples_path=...)")
-            samples = torch.load(path, weights_only=True)
+                raise MissingFileError(f"samples file not found: {path} (run task=sample first "
+                                       "or set samples_path=...)")
+            samples = load_samples_file(path)
+    if not isinstance(samples, dict) or "samples" not in samples or "cond" not in samples:
+        found = sorted(samples) if isinstance(samples, dict) else type(samples).__name__
+        raise InputError(f"samples must be a dict with 'samples' and 'cond' (the conditions, None if "
+                         f"unconditional); got {found}")
     metrics = domain.c2f_evaluate(cfg=cfg, samples=samples, run_dir=run_dir)
     if metrics is None:
         raise NotImplementedError(f"domain '{domain.name}' does not implement c2f_evaluate")
     return metrics
 
 
+def load_samples_file(path: Path):
+    if path.stat().st_size == 0:
+        raise InputError(f"samples file {path} is empty (0 bytes): sample again (task=sample)")
+    try:
+        return torch.load(path, weights_only=True)
+    except (EOFError, RuntimeError, ValueError) as e:
+        raise InputError(f"samples file {path} cannot be read ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                         "sample again (task=sample)") from None
+
+
+def _free_settings(cfg, domain) -> tuple[str, ...]:
+    return tuple(f"domain.{k}" for k in (domain.c2f_free_settings(cfg=cfg) or ()))
+
+
+def check_records(cfg: DictConfig, domain, run_dir: Path) -> tuple[DictConfig, bool]:
+    """Check ``cfg`` against what ``run_dir`` and its checkpoint already hold (``core.records``).
+
+    Returns the config to run with (a sample/evaluate/forecast run takes the model settings of its
+    checkpoint) and whether the training it asks for is already finished. Raises SettingsError."""
+    tasks = PIPELINE if cfg.task == "all" else (cfg.task,)
+    current = OmegaConf.to_container(cfg, resolve=True)
+    own = run_dir / "checkpoints" / "last.pt"
+    if "train" in tasks:
+        if not cfg.train.resume:
+            if own.is_file():
+                raise SettingsError(f"{run_dir} already holds a training run ({own}); resume it with "
+                                    "train.resume=true, or choose another folder")
+            return cfg, False
+        if not own.is_file():
+            raise SettingsError(f"train.resume=true, but {run_dir} holds no run to resume (no "
+                                "checkpoints/last.pt); leave out train.resume to start one here")
+        state = load_checkpoint(own)
+        recorded = recorded_config(state)
+        if recorded is None:
+            log.warning("the checkpoint %s records no settings (written by an older version): resuming "
+                        "without checking them", own)
+        else:
+            check_resume(recorded, current, FREE + _free_settings(cfg, domain), int(state["step"]),
+                         state.get("schedule_steps"))
+        finished = int(state["step"]) >= cfg.train.steps
+        if finished:
+            log.warning("the run in %s is already finished (step %d of %d); nothing to train. To train "
+                        "longer: train.steps=N train.extend=true", run_dir, int(state["step"]), cfg.train.steps)
+        return cfg, finished
+    source = _checkpoint_path(cfg, run_dir)
+    recorded, origin = None, source
+    if source.is_file():
+        recorded = recorded_config(load_checkpoint(source))
+    elif cfg.task == "evaluate":
+        samples = Path(cfg.samples_path) if cfg.samples_path else run_dir / "samples.pt"
+        origin = samples.parent / "config.yaml"
+        if origin.is_file() and origin.resolve() != (run_dir / "config.yaml").resolve():
+            recorded = OmegaConf.to_container(OmegaConf.load(origin), resolve=True)
+    if recorded is None:
+        return cfg, False
+    adopted, taken = adopt(recorded, current, explicit_keys(cfg.overrides),
+                           SAMPLING_FREE + _free_settings(cfg, domain))
+    if taken:
+        log.warning("settings taken from %s: %s", origin,
+                    ", ".join(f"{k}={rec!r}" for k, rec, _ in taken))
+        cfg = validate_config(OmegaConf.create(adopted))
+    return cfg, False
+
+
 def run(cfg: DictConfig, run_dir) -> dict:
-    """Run ``cfg.task`` for ``cfg.domain.name`` in ``run_dir``; return (and save) its metrics."""
+    """Run ``cfg.task`` for ``cfg.domain.name`` in ``run_dir``; return (and save) its metrics.
+
+    Nothing is written before the settings pass ``check_records``; while it runs, the folder is
+    locked against a second writer (``core.records.RunLock``, held by rank 0)."""
     cfg = validate_config(cfg)
+    set_deterministic(cfg.deterministic)
     distributed.init()
     run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder for everyone
+    domain = get_domain(cfg.domain.name)
+    existed = run_dir.exists()
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml")
+    try:
+        with RunLock(run_dir) if distributed.is_main() else nullcontext():
+            cfg, finished = check_records(cfg, domain, run_dir)
+            if finished and cfg.task == "train":  # report it and change nothing
+                stored = run_dir / "metrics.json"
+                return json.loads(stored.read_text()) if stored.is_file() else {}
+            return _run_tasks(cfg, domain, run_dir)
+    except BaseException:
+        if distributed.is_main() and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # a run refused before it wrote anything leaves no folder
+        raise
+
+
+def _run_tasks(cfg: DictConfig, domain, run_dir: Path) -> dict:
+    if distributed.is_main():
+        for folder in [run_dir] + [p for p in run_dir.iterdir() if p.is_dir()]:
+            for leftover in remove_stale_temps(folder):
+                log.info("removed %s, left by a killed write", leftover)
+        with atomic_path(run_dir / "config.yaml") as tmp:
+            OmegaConf.save(cfg, tmp)
     distributed.barrier()
-    domain = get_domain(cfg.domain.name)
+    log.info("%s: task=%s in %s", cfg.domain.name, cfg.task, run_dir)
     metrics: dict = {}
     samples = None
     # "all" is train -> sample -> evaluate; a domain may take over any step (weather's sample
@@ -385,20 +540,45 @@ def run(cfg: DictConfig, run_dir) -> dict:
     metrics = distributed.broadcast_object(metrics)
     if distributed.is_main():
         write_json_atomic(metrics, run_dir / "metrics.json")
+        log.info("metrics: %s", json.dumps(metrics, sort_keys=True, default=str))
     distributed.barrier()
     return metrics
 
 
+def _settings_of(argv: list[str]) -> list[str]:
+    """The setting overrides of a command line (no hydra flags or hydra.* settings)."""
+    return [a for a in argv if "=" in a and not a.startswith("-")
+            and not a.lstrip("+~").startswith("hydra.")]
+
+
+def _remove_if_empty(folder: Path):
+    """A run that failed before it made anything but its config leaves no folder behind."""
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", "run.log", "config.yaml"}:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None):
+    """The command line. A user's mistake (``core.errors.UserError``) ends in one ``error:`` line
+    and exit code 2, a full disk in one line and exit code 1; ``HYDRA_FULL_ERROR=1`` shows the
+    traceback instead."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    compose_config(_settings_of(argv))  # misspelled or invalid settings fail here, in one line
     overrides = _with_plugin_paths(argv)
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _entry(cfg: DictConfig):
-        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+        out = Path(HydraConfig.get().runtime.output_dir)
+        OmegaConf.set_struct(cfg, False)
+        cfg.overrides = list(HydraConfig.get().overrides.task)
+        try:
+            metrics = run(cfg, out)
+        except BaseException as e:
+            _remove_if_empty(out)
+            _exit_if_user_error(e)  # hydra would print a traceback for any exception
+            raise
         print(json.dumps(metrics, indent=2, sort_keys=True))
 
     saved = sys.argv
@@ -409,9 +589,19 @@ def main(argv: list[str] | None = None):
         sys.argv = saved
 
 
-if __name__ == "__main__":
+def _exit_if_user_error(e: BaseException):
+    if isinstance(e, (UserError, DiskFullError)) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, UserError) else 1)
+
+
+def cli():
     try:
         main()
-    except (UnknownDomainError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, DiskFullError) as e:
+        _exit_if_user_error(e)
+        raise
+
+
+if __name__ == "__main__":
+    cli()

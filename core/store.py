@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from core.errors import MissingFileError, UserError
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     pass
 
 
@@ -42,7 +43,7 @@ def open_store(path, variables=None):
 
     path = os.fspath(path)
     if not _is_url(path) and not Path(path).exists():
-        raise FileNotFoundError(f"data store not found: {path}")
+        raise MissingFileError(f"data store not found: {path}")
     fmt = store_format(path)
     try:
         if fmt == "zarr":

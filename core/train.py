@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from core import distributed
-from core.io import save_atomic
+from core.errors import InputError, MissingFileError, is_disk_full
+from core.io import atomic_path, save_atomic
 
 
 @dataclass
@@ -55,14 +55,16 @@ class TrainConfig:
     seed: int = 0
     progress: bool = True
     resume: bool = False
+    extend: bool = False      # resuming with more steps: the first planned steps keep their schedule
     max_seconds: float = 0.0  # wall-clock training budget, summed over resumes; 0 = none
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``schedule_steps`` (default
+    ``cfg.steps``); steps past it (an extended run) stay at ``min_lr_ratio * lr``."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    t = min(1.0, (step - cfg.warmup) / max(1, (schedule_steps or cfg.steps) - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -96,8 +98,19 @@ def batch_indices(step: int, num_items: int, batch_size: int, seed: int) -> torc
 def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise MissingFileError(f"checkpoint not found: {path}. Pass checkpoint=<run folder>/checkpoints/last.pt "
+                         "of a trained run (or train one here with task=train)")
+    if path.stat().st_size == 0:
+        raise InputError(f"checkpoint {path} is empty (0 bytes): it was truncated. Use another "
+                         "checkpoint or train again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, OSError, ValueError) as e:
+        if is_disk_full(e):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"checkpoint {path} cannot be read ({first}): it is damaged or not a "
+                         "checkpoint of this project. Use another one or train again") from None
 
 
 def _append_jsonl(path: Path, record: dict):
@@ -105,23 +118,35 @@ def _append_jsonl(path: Path, record: dict):
         f.write(json.dumps(record) + "\n")
 
 
+def _log_records(path: Path) -> list[dict]:
+    """The records of a training log; a torn line (a write cut off by a kill) is dropped."""
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
 def _trim_log(path: Path, last_step: int):
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("step", -1) <= last_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    keep = [r for r in _log_records(path) if r.get("step", -1) <= last_step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConfig, run_dir,
-          on_step: Callable | None = None, clock: Callable[[], float] = time.perf_counter) -> dict:
+          on_step: Callable | None = None, clock: Callable[[], float] = time.perf_counter,
+          record: dict | None = None) -> dict:
     """Train ``model`` (a module whose ``forward(batch, generator)`` returns ``(loss, logs)``).
 
     ``make_batch(indices)`` builds the batch of the given item indices. ``on_step(step, logs)``
     is called after every step (tests use it to simulate a crash). ``clock()`` measures all
-    elapsed time (tests inject a fake one). Returns summary numbers.
+    elapsed time (tests inject a fake one). ``record`` (``core.records.stamp``: the run's config
+    and code version) is stored in every checkpoint. Returns summary numbers.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -140,7 +165,7 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
 
-    start, spent = 0, 0.0
+    start, spent, schedule = 0, 0.0, cfg.steps
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -149,6 +174,8 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
             ema.load_state_dict(state["ema"])
         start = int(state["step"])
         spent = float(state.get("train_seconds", 0.0))  # older checkpoints: 0
+        if cfg.extend:  # the steps planned before keep their learning rates
+            schedule = int(state.get("schedule_steps") or cfg.steps)
         if main:
             _trim_log(log_path, start - 1)
     elif main and log_path.exists():
@@ -158,7 +185,8 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         if main:
             save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
                          "ema": ema.state_dict() if ema is not None else None, "step": step,
-                         "train_seconds": float(seconds)}, ckpt_path)
+                         "train_seconds": float(seconds), "schedule_steps": schedule,
+                         **(record or {})}, ckpt_path)
         distributed.barrier()
 
     model.train()
@@ -174,7 +202,7 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         gen = torch.Generator().manual_seed(seed)
         batch = make_batch(distributed.shard(batch_indices(step, num_items, cfg.batch_size, cfg.seed)))
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr_at(step, cfg, schedule)
         loss, logs = net(batch, gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
@@ -193,10 +221,10 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             last_loss = distributed.mean_scalar(last_loss)
         if main and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            record = {"step": step, "loss": last_loss, "lr": lr_at(step, cfg), **logs}
+            line = {"step": step, "loss": last_loss, "lr": lr_at(step, cfg, schedule), **logs}
             if grad_norm is not None:
-                record["grad_norm"] = float(grad_norm)
-            _append_jsonl(log_path, record)
+                line["grad_norm"] = float(grad_norm)
+            _append_jsonl(log_path, line)
             bar.set_postfix(loss=f"{last_loss:.4f}")
         seconds, done = spent + (clock() - t0), step + 1
         stop = budget and seconds >= cfg.max_seconds and done < cfg.steps
@@ -213,8 +241,18 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
     if start >= cfg.steps and not ckpt_path.exists():
         done = cfg.steps
         checkpoint(cfg.steps, seconds)
+    if last_loss != last_loss and done > 0:  # nothing trained now: the loss the log ends with
+        logged = [r["loss"] for r in _log_records(log_path) if "loss" in r]
+        last_loss = float(logged[-1]) if logged else last_loss
     return {"train_steps": done, "train_seconds": seconds, "final_loss": last_loss,
             "stopped_by_time": float(stopped), "planned_steps": cfg.steps}
+
+
+def resume_override(run_dir) -> str:
+    """``train.resume=true`` when ``run_dir`` holds a checkpoint to continue, else ``=false``:
+    for scripts that run a training piece again until it is done (resuming a folder without a run
+    is refused)."""
+    return f"train.resume={str((Path(run_dir) / 'checkpoints' / 'last.pt').is_file()).lower()}"
 
 
 def load_weights(model: nn.Module, path, use_ema: bool = True) -> nn.Module:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.plugins import UnknownDomainError, register_domain, unregister_domain
-from core.run import ConfigError, compose_config, main, run
+from core.run import ConfigError, InputError, compose_config, main, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,7 +146,7 @@ def test_digits_tasks_write_their_artefacts(tmp_path):
     assert saved["class_accuracy"] == m["class_accuracy"]
     with pytest.raises(FileNotFoundError, match="samples file not found"):
         run(compose_config(over + ["task=evaluate"]), tmp_path / "d")
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(InputError, match="pass checkpoint="):
         run(compose_config(over + ["task=sample"]), tmp_path / "e")
 
 

@@ -32,6 +32,7 @@ import networkx as nx
 import numpy as np
 
 from core.io import atomic_path
+from core.errors import UserError
 
 __all__ = [
     "GraphDataError",
@@ -60,7 +61,7 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-class GraphDataError(ValueError):
+class GraphDataError(UserError):
     """Invalid graph, edge list, adjacency matrix or graph file."""
 
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch_geometric.nn import GINConv, GPSConv
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
+from core.determinism import gather_rows, index_sum, is_deterministic
 from core.targets import Prediction
 from domains.graph.coarsen import build_pyramid, compose, remix_priorities
 from domains.graph.data import Graph
@@ -88,6 +89,14 @@ def triangles(pairs: torch.Tensor, num_nodes: int):
     apex = src[i]
     t = lambda v: torch.as_tensor(v, dtype=torch.long)  # noqa: E731
     return t(pos), t(eid[i]), torch.as_tensor(a < apex), t(eid[j]), torch.as_tensor(b < apex), t(apex)
+
+
+def segment_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """Rows of ``values`` summed per ``index`` [size, ...]: ``index_add_``, or in deterministic
+    mode ``core.determinism.index_sum`` (a fixed order, whatever the threads or the row order)."""
+    if is_deterministic():
+        return index_sum(values, index, size)
+    return values.new_zeros((size, *values.shape[1:])).index_add_(0, index, values)
 
 
 def draw_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Tensor:
@@ -186,8 +195,10 @@ class TriangleLayer(nn.Module):
 
     def forward(self, state, tail_side, head_side, target):
         z = self.norm(state)
-        msg = self.message(torch.cat([z[tail_side], z[head_side]], 1))
-        total = torch.zeros_like(state).index_add_(0, target, msg)
+        # gather_rows, not z[index]: the backward of advanced indexing adds repeated rows with
+        # CPU atomics, in an order that depends on the threads (see core.determinism)
+        msg = self.message(torch.cat([gather_rows(z, tail_side), gather_rows(z, head_side)], 1))
+        total = segment_sum(msg, target, len(state))
         count = torch.bincount(target, minlength=len(state)).clamp(min=1)
         return state + self.update(torch.cat([z, total / count[:, None]], 1))
 
@@ -247,10 +258,9 @@ class GraphRefiner(nn.Module):
         if drawn is None:
             drawn = torch.zeros(len(pairs), dtype=torch.long)
         first, second = FIRST_SLOTS[drawn], SECOND_SLOTS[drawn]
-        node_ctx = torch.zeros_like(h).index_add_(0, pairs[:, 0], self.slot_emb(first))
-        node_ctx = node_ctx.index_add_(0, pairs[:, 1], self.slot_emb(second))
-        hp = h[pairs[:, 0]] + node_tok[pairs[:, 0]] + node_ctx[pairs[:, 0]]
-        hq = h[pairs[:, 1]] + node_tok[pairs[:, 1]] + node_ctx[pairs[:, 1]]
+        node_ctx = segment_sum(self.slot_emb(torch.cat([first, second])), pairs.t().reshape(-1), len(h))
+        node_state = h + node_tok + node_ctx  # gathered once per end (gather_rows: deterministic)
+        hp, hq = gather_rows(node_state, pairs[:, 0]), gather_rows(node_state, pairs[:, 1])
         tri_fwd = tri_bwd = torch.zeros_like(hp)
         if tri is None and len(self.edge_layers):
             tri = triangles(pairs, len(h))
@@ -259,8 +269,8 @@ class GraphRefiner(nn.Module):
             sp = torch.where(p_first, FIRST_SLOTS[drawn[p_edge]], SECOND_SLOTS[drawn[p_edge]])
             sq = torch.where(q_first, FIRST_SLOTS[drawn[q_edge]], SECOND_SLOTS[drawn[q_edge]])
             tok = node_tokens[apex]
-            tri_fwd = tri_fwd.index_add(0, edge, self.triangle_emb(12 * sp + 3 * sq + tok))
-            tri_bwd = tri_bwd.index_add(0, edge, self.triangle_emb(12 * sq + 3 * sp + tok))
+            tri_fwd = segment_sum(self.triangle_emb(12 * sp + 3 * sq + tok), edge, len(pairs))
+            tri_bwd = segment_sum(self.triangle_emb(12 * sq + 3 * sp + tok), edge, len(pairs))
         first_layer, act, last_layer = self.edge_head
         m = len(pairs)
         state = first_layer(torch.cat([torch.cat([hp, hq, tri_fwd], 1), torch.cat([hq, hp, tri_bwd], 1)]))

@@ -17,6 +17,7 @@ from core.hookspecs import hookimpl
 from domains.graph.data import GENERATORS, Graph, get_splits, load_graph_split, save_graph_splits
 from domains.graph.metrics import VALIDITY_FUNCTIONS, evaluate_graphs
 from domains.graph.model import GraphScaleModel
+from core.errors import MissingFileError
 
 
 @lru_cache(maxsize=8)
@@ -90,7 +91,7 @@ def c2f_load_samples(cfg, path):
     if path.suffix != ".npz":
         path = path.with_suffix(".npz") if path.with_suffix(".npz").exists() else path
     if not path.is_file():
-        raise FileNotFoundError(f"graph samples file not found: {path}")
+        raise MissingFileError(f"graph samples file not found: {path}")
     graphs = load_graph_split(path, cfg.domain.samples_split)
     return {"samples": graphs, "cond": torch.tensor([g.num_nodes for g in graphs])}
 
@@ -105,6 +106,11 @@ def c2f_evaluate(cfg, samples, run_dir):
     metrics["mean_nodes"] = float(np.mean([g.number_of_nodes() for g in gen]))
     metrics["mean_edges"] = float(np.mean([g.number_of_edges() for g in gen]))
     return metrics
+
+
+@hookimpl
+def c2f_free_settings(cfg):
+    return ["samples_split", "constrain", "draw", "validity"]
 
 
 @hookimpl

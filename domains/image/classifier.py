@@ -144,11 +144,22 @@ def train_classifier(data_dir, seed: int = 0, epochs: int = 2, batch_size: int =
     return model, evaluate_accuracy(model, x_test, test_labels)
 
 
-def _load_cached(path: Path) -> tuple[LeNet, float] | None:
+def data_fingerprint(data_dir) -> str:
+    """Names and sizes of the MNIST files the judge learns from: a cached judge trained on other
+    files is not reused."""
+    from domains.image.data import MNIST_FILES, find_mnist_file
+
+    files = [find_mnist_file(data_dir, name) for split in ("train", "test") for name in MNIST_FILES[split]]
+    return ";".join(f"{Path(f).name}:{Path(f).stat().st_size}" for f in files)
+
+
+def _load_cached(path: Path, fingerprint: str) -> tuple[LeNet, float] | None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         if payload.get("version") != _CACHE_VERSION:
             raise ValueError(f"cache version {payload.get('version')} != {_CACHE_VERSION}")
+        if payload.get("data", fingerprint) != fingerprint:
+            raise ValueError(f"trained on other data ({payload.get('data')}, now {fingerprint})")
         model = LeNet()
         model.load_state_dict(payload["state_dict"])
         accuracy = float(payload["test_accuracy"])
@@ -165,13 +176,14 @@ def load_or_train_classifier(data_dir, cache_dir=None, seed: int = 0,
     else trained with :func:`train_classifier` defaults and cached (written atomically).
     ``cache_dir`` defaults to ``$C2F_CACHE`` or ``~/.cache/coarse2fine``."""
     path = classifier_cache_path(default_cache_dir() if cache_dir is None else cache_dir, seed)
+    fingerprint = data_fingerprint(data_dir)
     if path.is_file():
-        cached = _load_cached(path)
+        cached = _load_cached(path, fingerprint)
         if cached is not None:
             return cached
     start = time.perf_counter()
     model, accuracy = train_classifier(data_dir, seed=seed, progress=progress)
-    save_atomic({"version": _CACHE_VERSION, "seed": seed, "test_accuracy": accuracy,
+    save_atomic({"version": _CACHE_VERSION, "seed": seed, "test_accuracy": accuracy, "data": fingerprint,
                   "train_seconds": time.perf_counter() - start,
                   "state_dict": model.state_dict()}, path)
     return model, accuracy

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from core.data import TensorData
+from core.errors import MissingFileError
 
 __all__ = ["MNIST_FILES", "SPLITS", "find_mnist_file", "read_idx", "load_mnist",
            "mnist_tensor_data", "to_unit_range", "to_uint8"]
@@ -49,7 +50,7 @@ def find_mnist_file(data_dir, name: str) -> Path:
     for candidate in (data_dir / f"{name}.gz", data_dir / name):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"MNIST file '{name}.gz' (or '{name}') not found in {data_dir}: {_WHERE_TO_GET}"
     )
 

@@ -26,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from core.data import TensorData, check_samples
+from core.errors import InputError, MissingFileError
 from core.grid import GridOps
 from core.hookspecs import hookimpl
 from domains.image.classifier import default_cache_dir, load_or_train_classifier
@@ -122,7 +123,7 @@ def load_or_train_tokenizer(cfg):
     path = Path(cfg.domain.tokenizer_path) if cfg.domain.tokenizer_path else tokenizer_cache_path(cfg)
     if not path.is_file():
         if cfg.domain.tokenizer_path:
-            raise FileNotFoundError(f"tokenizer not found: {path} (train one with task=train_tokenizer)")
+            raise MissingFileError(f"tokenizer not found: {path} (train one with task=train_tokenizer)")
         train_and_save_tokenizer(cfg, path)
     return load_tokenizer(path).eval()
 
@@ -178,12 +179,25 @@ def _judge(data_dir: str, seed: int, progress: bool):
     return load_or_train_classifier(data_dir, seed=seed, progress=progress)
 
 
+def _pixels(x) -> torch.Tensor:
+    """Samples as floats (scored clamped to [-1, 1], as saved pixels would be): uint8 pixels are
+    converted; floats that look like 0..255 pixels are refused rather than clamped into noise."""
+    x = torch.as_tensor(x)
+    if x.dtype == torch.uint8:
+        x = to_unit_range(x)
+    check_samples(x, (1, 28, 28), "image")
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= -0.01 and hi > 2.0:
+        raise InputError(f"image samples must be floats in [-1, 1] or uint8 pixels 0..255; these floats "
+                         f"range over [{lo:.3g}, {hi:.3g}]. Divide 0..255 values by 127.5 and subtract 1")
+    return x
+
+
 @hookimpl
 def c2f_evaluate(cfg, samples, run_dir):
     from domains.image.metrics import image_metrics
 
-    x, cond = samples["samples"], samples["cond"]
-    check_samples(x, (1, 28, 28), "image")
+    x, cond = _pixels(samples["samples"]), samples["cond"]
     eval_split, val_size = _eval_split(cfg), _val_size(cfg)
     reference = cfg.domain.get("eval_reference")
     real = _reference(_data_dir(cfg), eval_split, val_size, reference)
@@ -212,6 +226,11 @@ def _floor(data_dir: str, seed: int, n: int, progress: bool, reference: int | No
     real = _reference(Path(data_dir), eval_split, val_size, reference)
     metrics = image_metrics(clf, train.x[index], train.cond[index], real)
     return {f"floor_{k}": v for k, v in metrics.items()}
+
+
+@hookimpl
+def c2f_free_settings(cfg):
+    return ["eval_split", "eval_reference", "classifier_seed", "ddpm.sampler", "ddpm.steps"]
 
 
 @hookimpl

@@ -31,13 +31,14 @@ import numpy as np
 import xarray as xr
 
 from domains.weather.sphere import area_weights
+from core.errors import UserError
 
 __all__ = ["WeatherDataError", "SHORT_NAMES", "UPPER_AIR", "SURFACE", "normalize_dataset",
            "open_era5", "channels", "channel_name", "load_fields", "check_grid", "Normalizer",
            "wb2_grid", "resolve_variable"]
 
 
-class WeatherDataError(ValueError):
+class WeatherDataError(UserError):
     """A store that cannot serve what was asked: wrong names, levels, times, grid or values."""
 
 

@@ -8,9 +8,11 @@ initial state).
 
 Output layout (what WeatherBench2's evaluation reads): ``time`` = initialisation time,
 ``prediction_timedelta`` = lead time, ``number`` = member, ``level``, ``latitude``, ``longitude``.
-Every initial time is written to its own store under ``parts/`` atomically; a killed run keeps
-the finished ones and resumes with the next. The parts are then joined into ``forecast.zarr``
-(and ``forecast.nc`` on request).
+Every initial time is written to its own store under ``forecast_parts/`` atomically; a killed run
+keeps the finished ones and resumes with the next. The parts are only reused for the settings that
+made them (``forecast_parts/settings.json``, see ``parts_key``); a rerun with other settings clears
+them and the joined store first. The parts are then joined into ``forecast.zarr`` (and
+``forecast.nc`` on request).
 """
 from __future__ import annotations
 
@@ -27,11 +29,18 @@ from tqdm.auto import tqdm
 from core import distributed
 from core.compute import count_flops
 from core.io import atomic_path
+from core.parts import keyed_folder
 from core.sampler import from_config, generate, member_seed
 from domains.weather.data import WeatherDataError
 
 DIMS_LEVEL = ("time", "prediction_timedelta", "number", "level", "latitude", "longitude")
 DIMS_SURFACE = ("time", "prediction_timedelta", "number", "latitude", "longitude")
+# domain.forecast keys that do not change the values of a part: where and how the joined store is
+# written, what is counted apart from it, and which initial times are chosen (each part is one
+# initial time, named by it, and its draws are seeded by the run seed and that time alone)
+NOT_IN_PARTS = ("format", "path", "flops_members", "init_times", "init_every_hours", "max_inits")
+# sample keys of task=sample alone (the forecast draws members x initial times, not num_samples)
+NOT_IN_FORECAST = ("num_samples", "batch_size", "flops_samples")
 
 
 def init_times(test_times: np.ndarray, stride: int, lead_steps: int, every_hours: float,
@@ -92,6 +101,26 @@ def to_dataset(values: np.ndarray, t0, leads: np.ndarray, chans, latitude, longi
     return ds
 
 
+def parts_key(cfg, checkpoint: Path | None) -> dict:
+    """Everything that determines the values of a forecast part: the model (its settings and its
+    checkpoint, by path, mtime and size), the data and support (the rest of ``cfg.domain``), the
+    sampling settings and seed, and the forecast settings less ``NOT_IN_PARTS``."""
+    domain = OmegaConf.to_container(cfg.domain, resolve=True)
+    forecast = domain.pop("forecast")
+    domain.pop("evaluate", None)  # scoring settings
+    sample = OmegaConf.to_container(cfg.sample, resolve=True)
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    stat = checkpoint.stat() if checkpoint is not None and checkpoint.is_file() else None
+    return {"forecast": {k: v for k, v in forecast.items() if k not in NOT_IN_PARTS},
+            "sample": {k: v for k, v in sample.items() if k not in NOT_IN_FORECAST},
+            "seed": int(cfg.seed), "domain": domain,
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "refiner": OmegaConf.to_container(cfg.refiner, resolve=True),
+            "checkpoint": None if checkpoint is None else str(checkpoint.resolve()),
+            "checkpoint_mtime_ns": stat.st_mtime_ns if stat else None,
+            "checkpoint_size": stat.st_size if stat else None}
+
+
 def part_path(folder: Path, t0) -> Path:
     stamp = pd.Timestamp(t0).strftime("%Y%m%dT%H%M")
     return folder / f"init_{stamp}.zarr"
@@ -149,19 +178,28 @@ def join_parts(paths: list[Path], out: Path, netcdf: bool) -> xr.Dataset:
     return ds
 
 
-def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool = True) -> dict:
+def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool = True,
+                 checkpoint: Path | None = None) -> dict:
     """Forecast every initial time of the test period that ``cfg.domain.forecast`` selects.
 
     ``test_ds`` holds the test period's analyses: ``time`` [T], ``fields`` [T, C, lat, lon]
-    (physical units), ``channels``, ``latitude``, ``longitude``.
+    (physical units), ``channels``, ``latitude``, ``longitude``. ``checkpoint`` is the file the
+    model's weights came from (default: the run's, as ``task=forecast`` loads it); finished parts
+    are reused only for the same checkpoint and settings.
     """
+    if checkpoint is None:
+        from domains.weather.plugin import _checkpoint
+        checkpoint = _checkpoint(cfg, run_dir)
     f = cfg.domain.forecast
     times = test_ds["time"]
     stride = data.stride
     lead_steps = int(f.lead_steps)
     inits = init_times(times, stride, lead_steps, float(f.init_every_hours), f.max_inits,
                        f.get("init_times"))
-    parts_dir = run_dir / "forecast_parts"
+    out_zarr = run_dir / "forecast.zarr"
+    # collective: rank 0 clears parts (and the store joined from them) of other settings
+    parts_dir, _ = keyed_folder(run_dir / "forecast_parts", parts_key(cfg, Path(checkpoint)),
+                                also=(out_zarr, out_zarr.with_suffix(".nc")))
     s = cfg.sample
     sampling = from_config(OmegaConf.merge(s, {"guidance": 0.0}), model)  # no classes to guide
     model.eval()
@@ -194,7 +232,7 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
         bar.set_postfix(member_steps_per_s=f"{done * int(f.members) * lead_steps / max(seconds, 1e-9):.1f}")
     done, seconds, calls = (sum(x) for x in zip(*distributed.gather_objects((done, seconds, calls))))
     if distributed.is_main():
-        join_parts(paths, run_dir / "forecast.zarr", str(f.format) in ("netcdf", "both"))
+        join_parts(paths, out_zarr, str(f.format) in ("netcdf", "both"))
     distributed.barrier()
     member_steps = done * int(f.members) * lead_steps
     out = {"forecast/inits": len(inits), "forecast/members": int(f.members),

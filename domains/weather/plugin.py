@@ -19,6 +19,7 @@ from core.hookspecs import hookimpl
 from core.train import load_weights
 from domains.weather import fields as F
 from domains.weather.model import build_weather_model
+from core.errors import MissingFileError
 
 CALIBRATION_EXAMPLES = 256
 
@@ -70,7 +71,7 @@ def evaluate(cfg, run_dir: Path) -> dict:
 
     path = Path(cfg.domain.forecast.path) if cfg.domain.forecast.path else run_dir / "forecast.zarr"
     if not path.exists():
-        raise FileNotFoundError(f"forecast store not found: {path} (run task=forecast first or "
+        raise MissingFileError(f"forecast store not found: {path} (run task=forecast first or "
                                 "set domain.forecast.path=...)")
     fc = xr.open_zarr(path, consolidated=True) if path.suffix != ".nc" else xr.open_dataset(path)
     fc = fc.load()
@@ -120,6 +121,11 @@ def _parse_channel(name: str, chans) -> tuple[str, int | None]:
             return var, level
     raise ValueError(f"unknown channel '{name}'; the run has "
                      f"{', '.join(channel_name(v, lev) for v, lev in chans)}")
+
+
+@hookimpl
+def c2f_free_settings(cfg):
+    return ["forecast", "evaluate"]
 
 
 @hookimpl

@@ -1,0 +1,104 @@
+"""Cost of deterministic mode: seconds per graph training step, deterministic vs not.
+
+    python benchmarks/determinism_cost.py [--threads 2] [--steps 20] [--sizes tiny test default]
+
+Every step's batch is trained once under each variant, in a shuffled order (the variants share
+the machine's load), on one model; the table gives the median seconds per step (forward,
+backward, clip, AdamW; the pyramids are built inside the loss, as in training):
+
+- ``default``: ``set_deterministic(False)``; the refiner gathers rows with ``index_select``
+  and sums segments with ``index_add_``.
+- ``deterministic``: ``set_deterministic(True)``; ``core.determinism.index_sum`` for the
+  segment sums and for the backward of ``gather_rows``.
+- ``x[index], default`` / ``x[index], torch deterministic``: the refiner as it was before
+  (``x[index]`` gathers, ``index_add_`` sums), off and with torch's deterministic mode only.
+
+Sizes: ``tiny`` is the graph tests' config (trees, d_model 16, 1 layer, batch 4), ``test`` the
+one of tests/test_determinism.py (planar graphs, d_model 64, 1 layer, a triangle layer, batch 4),
+``default`` configs/domain/graph.yaml (trees, d_model 96, 4 layers, batch 16).
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import domains.graph.model as graph_model  # noqa: E402
+from core.determinism import deterministic  # noqa: E402
+from core.train import batch_indices, step_seed  # noqa: E402
+from domains.graph.data import get_splits  # noqa: E402
+
+SIZES = {"tiny": ("tree", dict(d_model=16, layers=1, heads=2), 4),
+         "test": ("planar", dict(d_model=64, layers=1, heads=2, edge_layers=1), 4),
+         "default": ("tree", dict(d_model=96, layers=4, heads=4), 16)}
+
+
+def _old_segment_sum(values, index, size):
+    return values.new_zeros((size, *values.shape[1:])).index_add_(0, index, values)
+
+
+VARIANTS = {  # name: (deterministic mode, gather, segment sum)
+    "default": (False, graph_model.gather_rows, graph_model.segment_sum),
+    "deterministic": (True, graph_model.gather_rows, graph_model.segment_sum),
+    "x[index], default": (False, lambda x, i: x[i], _old_segment_sum),
+    "x[index], torch deterministic": (True, lambda x, i: x[i], _old_segment_sum),
+}
+
+
+def measure(size: str, steps: int, warmup: int = 3) -> dict[str, float]:
+    source, kw, batch_size = SIZES[size]
+    data = get_splits(source, n_train=128, n_val=32, n_test=40, seed=0)["train"]
+    torch.manual_seed(0)
+    model = graph_model.GraphScaleModel(**kw).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    order = random.Random(0)
+    saved = graph_model.gather_rows, graph_model.segment_sum
+    try:
+        for step in range(warmup + steps):
+            batch = [data[i] for i in batch_indices(step, len(data), batch_size, 0).tolist()]
+            names = list(VARIANTS)
+            order.shuffle(names)
+            for name in names:
+                det, graph_model.gather_rows, graph_model.segment_sum = VARIANTS[name]
+                with deterministic(det):
+                    gen = torch.Generator().manual_seed(step_seed(0, step))
+                    t = time.perf_counter()
+                    loss, _ = model(batch, gen)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    opt.step()
+                    if step >= warmup:
+                        times[name].append(time.perf_counter() - t)
+    finally:
+        graph_model.gather_rows, graph_model.segment_sum = saved
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--sizes", nargs="+", default=["tiny", "test", "default"], choices=list(SIZES))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} steps")
+    print("| size | " + " | ".join(VARIANTS) + " | deterministic / default |")
+    print("|---" * (len(VARIANTS) + 2) + "|")
+    for size in args.sizes:
+        t = measure(size, args.steps)
+        print(f"| {size} | " + " | ".join(f"{t[n]:.4f}" for n in VARIANTS)
+              + f" | {t['deterministic'] / t['default']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
