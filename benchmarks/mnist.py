@@ -385,7 +385,7 @@ def write_report(b: Bench, rows: list[dict], trained: dict, tokenizers: dict, pe
              "training per model, the tokenizer's time charged to the latent models; EMA "
              f"{args.ema} for all, and each model samples with its EMA or its raw weights, "
              "whichever scores better on validation at its shipped setting (`_raw` in a setting "
-             "name: the raw weights); settings chosen on a validation split of {VAL_SIZE} MNIST training "
+             f"name: the raw weights); settings chosen on a validation split of {VAL_SIZE} MNIST training "
              f"images; {args.samples} samples per row, scored against the MNIST test images (the "
              f"floor: {args.samples} real training images, FD {_fmt(floor.get('floor_fd'))}, KID "
              f"{_fmt(floor.get('floor_kid'))}). NFE counts every network pass per sample; under "
