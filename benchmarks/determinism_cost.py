@@ -6,12 +6,13 @@ Every step's batch is trained once under each variant, in a shuffled order (the 
 the machine's load), on one model; the table gives the median seconds per step (forward,
 backward, clip, AdamW; the pyramids are built inside the loss, as in training):
 
-- ``default``: ``set_deterministic(False)``; the refiner gathers rows with ``index_select``
-  and sums segments with ``index_add_``.
-- ``deterministic``: ``set_deterministic(True)``; ``core.determinism.index_sum`` for the
-  segment sums and for the backward of ``gather_rows``.
-- ``x[index], default`` / ``x[index], torch deterministic``: the refiner as it was before
-  (``x[index]`` gathers, ``index_add_`` sums), off and with torch's deterministic mode only.
+- ``default``: ``set_deterministic(False)``; the refiner gathers rows with
+  ``core.determinism.gather_rows`` (``index_select``; backward ``index_add_``).
+- ``deterministic``: the same with ``set_deterministic(True)``.
+- ``x[index], default`` / ``x[index], deterministic``: the refiner as it was before
+  (``x[index]`` gathers: CPU atomics in the backward), mode off / on (torch then sorts).
+- ``index_sum backward, deterministic``: the gathers' backward summed by
+  ``core.determinism.index_sum`` (row-order independent), mode on: the cost of that guarantee.
 
 Sizes: ``tiny`` is the graph tests' config (trees, d_model 16, 1 layer, batch 4), ``test`` the
 one of tests/test_determinism.py (planar graphs, d_model 64, 1 layer, a triangle layer, batch 4),
@@ -32,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import domains.graph.model as graph_model  # noqa: E402
-from core.determinism import deterministic  # noqa: E402
+from core.determinism import deterministic, index_sum  # noqa: E402
 from core.train import batch_indices, step_seed  # noqa: E402
 from domains.graph.data import get_splits  # noqa: E402
 
@@ -41,15 +42,24 @@ SIZES = {"tiny": ("tree", dict(d_model=16, layers=1, heads=2), 4),
          "default": ("tree", dict(d_model=96, layers=4, heads=4), 16)}
 
 
-def _old_segment_sum(values, index, size):
-    return values.new_zeros((size, *values.shape[1:])).index_add_(0, index, values)
+class _CanonicalGather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.save_for_backward(index)
+        ctx.rows = len(x)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return index_sum(grad, ctx.saved_tensors[0], ctx.rows), None
 
 
-VARIANTS = {  # name: (deterministic mode, gather, segment sum)
-    "default": (False, graph_model.gather_rows, graph_model.segment_sum),
-    "deterministic": (True, graph_model.gather_rows, graph_model.segment_sum),
-    "x[index], default": (False, lambda x, i: x[i], _old_segment_sum),
-    "x[index], torch deterministic": (True, lambda x, i: x[i], _old_segment_sum),
+VARIANTS = {  # name: (deterministic mode, the refiner's row gather)
+    "default": (False, graph_model.gather_rows),
+    "deterministic": (True, graph_model.gather_rows),
+    "x[index], default": (False, lambda x, i: x[i]),
+    "x[index], deterministic": (True, lambda x, i: x[i]),
+    "index_sum backward, deterministic": (True, _CanonicalGather.apply),
 }
 
 
@@ -61,14 +71,14 @@ def measure(size: str, steps: int, warmup: int = 3) -> dict[str, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     order = random.Random(0)
-    saved = graph_model.gather_rows, graph_model.segment_sum
+    saved = graph_model.gather_rows
     try:
         for step in range(warmup + steps):
             batch = [data[i] for i in batch_indices(step, len(data), batch_size, 0).tolist()]
             names = list(VARIANTS)
             order.shuffle(names)
             for name in names:
-                det, graph_model.gather_rows, graph_model.segment_sum = VARIANTS[name]
+                det, graph_model.gather_rows = VARIANTS[name]
                 with deterministic(det):
                     gen = torch.Generator().manual_seed(step_seed(0, step))
                     t = time.perf_counter()
@@ -80,7 +90,7 @@ def measure(size: str, steps: int, warmup: int = 3) -> dict[str, float]:
                     if step >= warmup:
                         times[name].append(time.perf_counter() - t)
     finally:
-        graph_model.gather_rows, graph_model.segment_sum = saved
+        graph_model.gather_rows = saved
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from core.io import write_json_atomic  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
-from core.store import time_blocks  # noqa: E402
+from domains.weather.store import time_blocks  # noqa: E402
 
 
 def read_throughput(cfg, repeats: int = 1) -> dict:

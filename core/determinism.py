@@ -1,43 +1,59 @@
 """Deterministic mode: seeded runs that repeat bit for bit, and segment sums that do not depend
-on the thread count.
+on the thread count or on the order of the rows.
 
-``set_deterministic(True)`` (the ``deterministic`` config key, on by default) puts torch into
-its deterministic mode; ``is_deterministic()`` reads it; ``deterministic(...)`` sets it for a
-``with`` block and restores the previous state (tests). Models read the flag at call time.
+``set_deterministic(True)`` (the ``deterministic`` config key, on by default; core.run calls it
+at the start of every run) puts torch into its deterministic mode; ``is_deterministic()`` reads
+it; ``deterministic(...)`` sets it for a ``with`` block and restores the previous state (tests).
 
-What was nondeterministic (torch 2.13, CPU, 2 threads). Not ``index_add_``, ``index_add`` or
-``scatter_reduce``: on the CPU they loop over the index serially (each row added in input order)
-and gave the same bits on every repeat and for 1 or 2 threads. The culprit is the *backward* of
-advanced indexing ``x[index]`` (``Tensor.__getitem__`` with an index tensor): its gradient is
-``index_put_(..., accumulate=True)``, which on the CPU splits the rows between the threads and
-adds them with atomic adds, so a row that is gathered several times, on both sides of the split,
-gets its gradient terms in an order that depends on thread timing. The graph refiner gathers
-node features per coarse edge (``h[pairs[:, 0]]``); in a batch where a node of degree >= 3 has
-edges on both sides of the middle row (about one training step in five of the default graph
-config), the node's gradient took one of two bit patterns (81 / 219 of 300 repeats on one such
-batch), and the runs drifted apart from there. Tensors below torch's grain size (32768 elements)
-are not split, which is why small configs repeat.
+What was nondeterministic (torch 2.13, CPU, 2 threads). Not ``index_add_`` / ``index_add`` /
+``scatter_add_`` / ``scatter_reduce`` / PyG's ``scatter``: on the CPU they add the rows of each
+segment in input order and gave the same bits on every repeat and for 1 or 2 threads, with or
+without deterministic mode. The culprit is the *backward* of advanced indexing ``x[index]``: its
+gradient is ``index_put_(..., accumulate=True)``, which on the CPU splits the rows between the
+threads and adds them with atomic adds, so a row gathered several times, on both sides of the
+split, gets its gradient terms in an order that depends on thread timing. The graph refiner
+gathered node features per coarse edge (``h[pairs[:, 0]]``, ``z[tail_side]``); in a batch where a
+node with >= 3 edges straddles the middle row (about one training step in five of the default
+graph config, most steps on planar graphs) the gradient took one of two bit patterns (22 / 38 of
+60 identical forward-backward passes), so the runs drifted apart. Tensors under torch's grain
+size (32768 elements) are not split, which is why the tests' tiny configs always repeated.
 
-Fixes, either of which suffices on the CPU:
+Fixes (each one suffices on the CPU; both are in place):
 
-- ``torch.use_deterministic_algorithms(True)`` (here) switches that backward to a sorted,
-  sequential accumulation (documented for ``__getitem__`` / ``index_put_(accumulate=True)`` /
-  ``put_`` on the CPU). No CPU op of the image, weather or graph models raises in this mode; on
-  a GPU, ops without a deterministic kernel (e.g. bicubic up-sampling's backward) only warn
-  (``warn_only=True``, the default here), since a default-on switch must not stop a run.
-- ``gather_rows(x, index)`` (used by the graph refiner) gathers with ``index_select``, whose
-  backward is ``index_add_``: serial, so the same in either mode, and faster than ``x[index]``.
+- ``torch.use_deterministic_algorithms(True)`` (``set_deterministic``) switches that backward to
+  a sorted, sequential accumulation (documented for ``__getitem__`` / ``index_put_(accumulate=
+  True)`` / ``put_`` on the CPU). No op of the image (latent, conv tokenizer), weather or graph
+  training raised or warned on the CPU with ``warn_only=False``, and two seeded runs of each
+  matched bit for bit. On a GPU, ops without a deterministic kernel only warn (``warn_only=True``,
+  the default here): a switch that is on by default must not stop a run. The first call imports
+  ``torch._inductor`` (about 2 s, once per process).
+- ``gather_rows(x, index)`` (the graph refiner's gathers) uses ``index_select``, whose backward is
+  ``index_add_``: deterministic and thread-count independent on the CPU in either mode, and no
+  slower than ``x[index]``; so the refiner needs no deterministic-only path.
 
-``index_sum(values, index, size)`` is a segment sum that is bit-identical for every thread count
-*and* every order of its rows (a fixed, canonical order: rows sorted by segment, then by an exact
-integer hash of their bits; identical rows may swap harmlessly), equal to ``index_add_`` up to
-rounding. The graph refiner uses it, in deterministic mode only, for its own segment sums and
-for the backward of ``gather_rows``; outside deterministic mode they are plain ``index_add_``.
+``index_sum(values, index, size)`` is a segment sum that is bit-identical for any thread count
+*and* any order of its rows (a canonical order: rows sorted by segment, then by an exact integer
+hash of their bits; identical rows may swap harmlessly), equal to ``index_add_`` up to rounding.
+Use it where a result must not depend on the row order (e.g. a permuted graph). It costs
+2.5-5.5x an ``index_add_`` (0.44 vs 0.08 ms for 1227 rows x 96 into 1341 segments, 16.5 vs 6.6 ms
+for 60000 x 32 into 20000; 2 threads), so the refiner does not use it: ``index_add_`` is
+deterministic there already.
 
-Measured cost, the default graph config (``domain=graph``), 2 torch threads on 2 CPU cores, median
-of 12 steps, off / on / off / on: 0.222 / 0.211 / 0.227 / 0.225 s per training step, and 0.297 /
-0.292 s to sample 20 graphs: no cost measurable above the noise of this machine.
-``benchmarks/determinism_cost.py`` measures it for other sizes.
+Measured cost (benchmarks/determinism_cost.py; seconds per training step: loss with its
+pyramids, backward, clip, AdamW; median of 30 interleaved steps, 2 torch threads, torch 2.13 CPU,
+a 2-core machine at low load; two runs):
+
+| graph config                         | off            | deterministic  | before: x[index], off / on      |
+|--------------------------------------|----------------|----------------|---------------------------------|
+| tiny (tests; d 16, 1 layer, batch 4) | 0.0216, 0.0213 | 0.0209, 0.0193 | 0.0225 / 0.0200, 0.0198 / 0.0201 |
+| test (planar, d 64, +triangle layer) | 0.0303, 0.0302 | 0.0316, 0.0314 | 0.0315 / 0.0314, 0.0300 / 0.0297 |
+| default (d 96, 4 layers, batch 16)   | 0.2124, 0.2299 | 0.2126, 0.2261 | 0.2063 / 0.2071, 0.2366 / 0.2288 |
+
+Deterministic mode costs nothing measurable here (ratios 0.91-1.04, within the noise); the
+refiner's gathers with an ``index_sum`` backward instead cost 0.96-1.07x (1.13-1.17x with
+``index_sum`` also for the refiner's own segment sums, an earlier version). While other jobs
+load both cores, 2-thread steps get 10-100x slower for every variant (threads wait for each other)
+and the ratios scatter (0.35-1.47 in single runs): compare on a quiet machine.
 """
 from __future__ import annotations
 
@@ -152,25 +168,10 @@ def index_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Ten
     return out.index_add(0, index.index_select(0, order), values.index_select(0, order))
 
 
-class _GatherRows(torch.autograd.Function):
-    """``x.index_select(0, index)`` whose backward is ``index_sum`` (canonical order)."""
-
-    @staticmethod
-    def forward(ctx, x, index):
-        ctx.save_for_backward(index)
-        ctx.rows = len(x)
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (index,) = ctx.saved_tensors
-        return index_sum(grad, index, ctx.rows), None
-
-
 def gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[index]`` for a 1-D index tensor, without the backward of advanced indexing (atomic
-    adds on the CPU: nondeterministic). In deterministic mode the gradients of repeated rows
-    are summed by ``index_sum``; otherwise by ``index_select``'s backward (``index_add_``)."""
-    if is_deterministic() and x.requires_grad and torch.is_grad_enabled():
-        return _GatherRows.apply(x, index)
+    """``x[index]`` for a 1-D index tensor (rows), through ``index_select``: its backward sums
+    the gradients of repeated rows with ``index_add_`` (on the CPU serially, in row order: the
+    same bits for every repeat and thread count, with or without deterministic mode; on a GPU,
+    deterministic in deterministic mode), where the backward of ``x[index]`` uses CPU atomics
+    whose order depends on thread timing. Also faster than ``x[index]``."""
     return x.index_select(0, index)

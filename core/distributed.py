@@ -1,7 +1,8 @@
 """One process, one machine or many: the few torch.distributed calls the core needs.
 
 Launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the process group starts with
-gloo on CPUs and nccl when GPUs are present; otherwise every helper is a no-op for one process.
+nccl when the run's device is a GPU (each rank on the GPU of its ``LOCAL_RANK``) and gloo on
+CPUs; otherwise every helper is a no-op for one process.
 Rank 0 alone writes files (checkpoints, logs, samples, metrics).
 """
 from __future__ import annotations
@@ -25,16 +26,22 @@ def _slurm_environment():
     TorchDistributedEnvironment().export()
 
 
-def init() -> tuple[int, int]:
+def init(device=None) -> tuple[int, int]:
     """Start the process group when launched by torchrun or as a multi-task SLURM job; return
-    (rank, world size)."""
+    (rank, world size). ``device`` (this rank's, from ``core.device``): nccl when it is a GPU,
+    gloo otherwise (a CPU run on a GPU node included)."""
     _slurm_environment()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        gpu = device is not None and torch.device(device).type == "cuda"
+        if gpu:
+            torch.cuda.set_device(torch.device(device))
+        dist.init_process_group(backend="nccl" if gpu else "gloo")
     return rank(), world_size()
+
+
+def _collective_device():
+    """nccl reduces GPU tensors only."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
 
 
 def rank() -> int:
@@ -76,7 +83,7 @@ def mean_scalar(value: float) -> float:
     """The mean of a float over ranks (for logging)."""
     if not dist.is_initialized():
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t)
     return float(t) / world_size()
 

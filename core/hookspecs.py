@@ -4,16 +4,30 @@ A domain is a module (or an instance) whose functions are marked with ``@hookimp
 after the specifications below. It is found through the ``coarse2fine.domains`` entry-point group
 (the entry-point name is the domain name) or registered directly with
 ``core.plugins.register_domain(name, module)``. Each hook is called only on the chosen domain's
-plugin, and every hook is optional except ``c2f_load_data``; a hook that returns ``None`` leaves
-the core's default in place.
+plugin; a hook that returns ``None`` (or is left out) keeps the core's default.
+``docs/examples/c2f-signals`` is a complete plugin package to copy.
+
+Required, and when:
+
+* ``c2f_load_data``: always.
+* ``c2f_scale_ops`` **or** ``c2f_model``: to train or sample (the core builds the model from the
+  first, or takes the second whole).
+* ``c2f_evaluate``: for ``task=evaluate`` and ``task=all`` (train, sample, evaluate).
+* ``c2f_config_dir``: for a plugin outside this repository, whose ``domain/<name>.yaml`` hydra
+  must find (``domain=<name>``).
+* ``c2f_collate``: when ``c2f_load_data`` returns something other than ``core.data.TensorData``.
+* ``c2f_sample_conditions``: when the conditions to sample for are not class labels.
 
 There are two ways to plug a domain into the coarse-to-fine machinery:
 
-1. **Tensor support** (images, sphere grids, any array). Implement ``c2f_scale_ops``: the sizes
-   of the support at each scale and the ``down`` / ``up`` operators between them. The core then
-   builds the residual pyramid (``core.pyramid``), the quantiser (``core.quantizers``), the target
-   head (``core.targets``) and the scale transformer (``core.refiner``) from the config. Optional:
-   ``c2f_tokenizer`` to refine in a learned latent space, ``c2f_refiner`` for another backbone.
+1. **Tensor support** (images, sphere grids, 1-D signals, any array). Implement
+   ``c2f_scale_ops`` (``core.protocol.ScaleOps``: ``sizes``, ``down``, ``up``, ``positions``).
+   The core then builds the residual pyramid (``core.pyramid``), the quantiser
+   (``core.quantizers``; ``model.quant_lo``/``quant_hi`` bound the scalar quantiser's range and
+   must cover the band values: the coarsest scale's means and the finer residuals), the target
+   head (``core.targets``) and the scale transformer (``core.refiner``) from the config.
+   Optional: ``c2f_tokenizer`` (``core.protocol.Tokenizer``) to refine in a learned latent space,
+   ``c2f_refiner`` (``core.protocol.Refiner``) for another backbone.
 2. **Structural support** (graphs). Implement ``c2f_model`` and return an ``nn.Module`` with the
    scale-model protocol of ``core.protocol`` (``ScaleModelProtocol``: ``num_scales``,
    ``num_classes``, ``null_label``, ``loss``, ``init_state``, ``predict``, ``add_band``,
@@ -21,8 +35,15 @@ There are two ways to plug a domain into the coarse-to-fine machinery:
    own there). The core pipeline, trainer and CLI drive it exactly as they drive the built-in
    model.
 
+**The samples dict** that ``c2f_save_samples``, ``c2f_load_samples``, ``c2f_evaluate`` and
+``c2f_visualize`` exchange: ``{"samples": ..., "cond": ...}``. ``samples`` is what the model's
+``finish`` returns, stacked: a float tensor [N, *item] (tensor domains, on the CPU, fp32) or a
+list of N items (graphs); ``cond`` is the [N] tensor of conditions they were drawn for (class
+labels; ``null_label`` when unconditional), or ``None`` in a user's file of unconditional samples.
+
 Every hook receives the composed hydra config ``cfg`` (an ``omegaconf.DictConfig``); domain
-settings live under ``cfg.domain``.
+settings live under ``cfg.domain``. The core moves models and batches to the run's device
+(``core.device``); hooks build their data on the CPU.
 """
 from __future__ import annotations
 
@@ -46,7 +67,7 @@ def c2f_config_dir():
 
 @hookspec(firstresult=True)
 def c2f_load_data(cfg, split):
-    """Return the data of one split (``"train"``, ``"val"``, ``"test"``).
+    """Required. Return the data of one split (``"train"``, ``"val"``, ``"test"``).
 
     Tensor domains return a ``core.data.TensorData`` (``x`` [N, C, *support] float tensor and
     ``cond`` [N] long class labels, or ``None`` when unconditional). Structural domains return
@@ -65,25 +86,28 @@ def c2f_condition(cfg):
 
 @hookspec(firstresult=True)
 def c2f_scale_ops(cfg):
-    """Return the support of each scale and the operators between scales.
+    """Return the support of each scale and the operators between scales (required unless
+    ``c2f_model`` returns the whole model).
 
-    An object with ``sizes`` (list of support shapes, coarse to fine), ``down(z, k)`` (restrict a
-    finer tensor [B, C, *support] to scale k), ``up(z, k)`` (prolong a coarser tensor to scale
-    k) and ``positions(k)`` ([n_k, P] coordinates used for position encodings). See
-    ``core.grid.GridOps`` for the reference implementation.
+    A ``core.protocol.ScaleOps``: ``sizes`` (list of support shapes, coarse to fine: ``(h, w)``
+    on a grid, ``(n,)`` in 1-D), ``down(z, k)`` (restrict a finer tensor [B, C, *support] to
+    scale k), ``up(z, k)`` (prolong a coarser tensor to scale k) and ``positions(k)`` ([n_k, P]
+    coordinates in [0, 1] used for position encodings). ``core.grid.GridOps`` is the 2-D
+    reference implementation.
     """
 
 
 @hookspec(firstresult=True)
 def c2f_tokenizer(cfg):
-    """Return an encoder/decoder pair (``encode(x) -> z``, ``decode(z) -> x``, ``channels``) to
-    refine in a learned latent space, or ``None`` to refine in data space."""
+    """Return a ``core.protocol.Tokenizer`` (``encode(x) -> z``, ``decode(z) -> x``,
+    ``channels``, optionally ``quantizer``) to refine in a learned latent space, or ``None`` to
+    refine in data space."""
 
 
 @hookspec(firstresult=True)
 def c2f_refiner(cfg, in_channels, num_scales, num_classes):
-    """Return a backbone with the interface of ``core.refiner.ScaleTransformer`` to replace it,
-    or ``None`` for the core transformer."""
+    """Return a backbone (``core.protocol.Refiner``, the interface of
+    ``core.refiner.ScaleTransformer``) to replace it, or ``None`` for the core transformer."""
 
 
 @hookspec(firstresult=True)
@@ -108,8 +132,8 @@ def c2f_sample_conditions(cfg, data, num_samples):
 
 @hookspec(firstresult=True)
 def c2f_save_samples(cfg, samples, run_dir):
-    """Write generated samples into ``run_dir`` and return the path written (default:
-    ``samples.pt`` holding the tensor and its conditions)."""
+    """Write the samples dict (module docstring) into ``run_dir`` and return the path written
+    (default: ``samples.pt`` holding the dict)."""
 
 
 @hookspec(firstresult=True)
@@ -119,7 +143,8 @@ def c2f_load_samples(cfg, path):
 
 @hookspec(firstresult=True)
 def c2f_evaluate(cfg, samples, run_dir):
-    """Score generated samples; return a flat ``dict[str, float]`` that goes into metrics.json."""
+    """Score the samples dict (module docstring); return a flat ``dict[str, float]`` that goes
+    into metrics.json. Needed by ``task=evaluate`` and ``task=all``."""
 
 
 @hookspec(firstresult=True)

@@ -20,16 +20,27 @@ from core.pyramid import ResidualPyramid, flat, unflat
 from core.targets import Prediction
 
 
+def module_device(module) -> torch.device:
+    """The device of a module's first parameter or buffer (the CPU for a module with neither,
+    or for an object that is no ``nn.Module``)."""
+    for tensors in ("parameters", "buffers"):
+        for t in getattr(module, tensors, tuple)():
+            return t.device
+    return torch.device("cpu")
+
+
 def drop_labels(cond: torch.Tensor | None, batch: int, num_classes: int, p: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """Training labels for classifier-free guidance: ``None`` becomes the null label
-    (``num_classes``) and a share ``p`` of the labels is replaced by it."""
-    null = torch.full((batch,), num_classes, dtype=torch.long)
+    (``num_classes``, on ``device``) and a share ``p`` of the labels is replaced by it."""
+    null = torch.full((batch,), num_classes, dtype=torch.long,
+                      device=cond.device if cond is not None else device)
     if cond is None:
         return null
     if p > 0 and num_classes > 0:
+        # drawn on the CPU (CPU generators: the same draws on every device), then moved
         drop = torch.rand(cond.shape, generator=generator) < p
-        cond = torch.where(drop, null.to(cond.device), cond)
+        cond = torch.where(drop.to(cond.device), null, cond)
     return cond
 
 
@@ -88,7 +99,7 @@ class ScaleModel(nn.Module):
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
         enc = self.encode(x)
-        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
+        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator, x.device)
         codes, values = torch.cat(enc.codes, 1), torch.cat(enc.values, 1)
         if not self.refine_trained:
             pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond))
@@ -104,7 +115,7 @@ class ScaleModel(nn.Module):
         return self.loss(batch, generator)
 
     def init_state(self, cond: torch.Tensor, generators=None) -> dict:
-        return {"z": self.pyramid.init_state(len(cond), self.channels), "cache": []}
+        return {"z": self.pyramid.init_state(len(cond), self.channels, module_device(self)), "cache": []}
 
     def _step(self, context, k, cond, cache, own=None, visible=None):
         if own is None:
@@ -113,6 +124,7 @@ class ScaleModel(nn.Module):
 
     def predict(self, state: dict, k: int, cond: torch.Tensor, own=None, visible=None) -> dict:
         context = flat(self.pyramid.context(state["z"], k))
+        cond = cond.to(context.device)
         return {"band": self.head(self._step(context, k, cond, state["cache"], own, visible))}
 
     def own_values(self, tokens: dict, k: int) -> torch.Tensor:

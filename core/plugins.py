@@ -34,6 +34,29 @@ class UnknownDomainError(UserError, LookupError):
     pass
 
 
+class MissingDependencyError(UserError, ImportError):
+    """A domain's package is not installed; the message names the extra that installs it."""
+
+
+# import name -> pip name, where they differ
+PIP_NAMES = {"torch_geometric": "torch-geometric", "sklearn": "scikit-learn", "netCDF4": "netCDF4",
+             "yaml": "pyyaml", "PIL": "pillow"}
+
+
+def missing_dependency(name: str, error: ModuleNotFoundError) -> MissingDependencyError:
+    """``error`` (a package missing while domain ``name`` ran) as one line naming the fix: the
+    built-in domains' extra (``pip install -e ".[graph]"``), or the plugin's own package."""
+    package = (error.name or str(error)).split(".")[0]
+    pip_name = PIP_NAMES.get(package, package)
+    if name in BUILTIN_DOMAINS:
+        fix = (f'install the domain\'s extra: pip install -e ".[{name}]" (or pip install '
+               f'"coarse2fine[{name}]"; ".[all]" installs every domain)')
+    else:
+        fix = f"install it (pip install {pip_name}), or reinstall the plugin package that provides '{name}'"
+    return MissingDependencyError(f"domain '{name}' needs the package '{pip_name}', which is not "
+                                  f"installed; {fix}")
+
+
 def plugin_manager() -> pluggy.PluginManager:
     global _pm
     if _pm is None:
@@ -83,7 +106,12 @@ def _load(name: str):
     plugin = pm.get_plugin(name)
     if plugin is None:
         source = _sources[name]
-        plugin = importlib.import_module(source) if isinstance(source, str) else source
+        try:
+            plugin = importlib.import_module(source) if isinstance(source, str) else source
+        except ModuleNotFoundError as e:
+            if isinstance(source, str) and e.name and source.startswith(e.name):
+                raise  # the plugin module itself is missing, not one of its packages
+            raise missing_dependency(name, e) from None
         pm.register(plugin, name=name)
     return plugin
 

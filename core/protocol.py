@@ -92,3 +92,55 @@ class HasScheduler(Protocol):
     def scheduler(self, guidance) -> Any:
         """The scheduler this model samples with (diffusion models: DDPM or DDIM over their own
         noise schedule), given a ``core.sampler.Guidance``."""
+
+
+# ---------------------------------------------------------------- the pieces a tensor domain hands in
+@runtime_checkable
+class ScaleOps(Protocol):
+    """What ``c2f_scale_ops`` returns: the support of each scale and the operators between them
+    (``core.grid.GridOps`` for 2-D grids; a 1-D example: ``docs/examples/c2f-signals``)."""
+
+    sizes: list  # the support shape of each scale, coarse to fine: (h, w) on a grid, (n,) in 1-D
+
+    def down(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """``z`` [B, C, *sizes[j]] of a finer scale j >= k (the pyramid passes the finest)
+        restricted to scale k: [B, C, *sizes[k]] (an area mean keeps the coarse values exact)."""
+
+    def up(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """``z`` of a coarser scale j <= k prolonged to scale k: [B, C, *sizes[k]]. Called with
+        k = j + 1 (the Laplacian context) and with k = the finest scale (the ``var`` variant)."""
+
+    def positions(self, k: int) -> torch.Tensor:
+        """[n_k, P] float coordinates of scale k's cells in [0, 1], in the order of
+        ``z.flatten(2)`` (n_k = prod(sizes[k])); the refiner encodes them as Fourier features."""
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What ``c2f_tokenizer`` returns: a frozen encoder/decoder to refine in its latent space.
+    An optional ``quantizer`` attribute (a ``core.quantizers`` quantiser, e.g. a VQ tokenizer's
+    multi-scale codebook) is used by the pyramid instead of the one ``model.quantizer`` builds."""
+
+    channels: int  # latent channels C
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Data [B, *item] -> latent [B, C, *sizes[-1]] (the finest scale's support)."""
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent [B, C, *sizes[-1]] -> data [B, *item]."""
+
+
+@runtime_checkable
+class Refiner(Protocol):
+    """What ``c2f_refiner`` returns instead of ``core.refiner.ScaleTransformer``: features of
+    width ``refiner.d_model`` for every token (the head maps them to the target)."""
+
+    def forward(self, contexts: torch.Tensor, cond: torch.Tensor, own=None, visible=None) -> torch.Tensor:
+        """Training: all scales at once. ``contexts`` [B, L, C] (the pyramid context of every
+        token, scales concatenated coarse to fine), ``cond`` [B] labels -> [B, L, d_model]."""
+
+    def step(self, context: torch.Tensor, k: int, cond: torch.Tensor, cache: list, own=None,
+             visible=None) -> torch.Tensor:
+        """Sampling: scale k alone, [B, n_k, C] -> [B, n_k, d_model], attending to the coarser
+        scales through ``cache`` (filled by the earlier steps). ``own``/``visible``: the scale's
+        own tokens for within-scale refinement (``refinable = True`` backbones only)."""

@@ -142,7 +142,8 @@ class VectorQuantizer(nn.Module):
         self.idle[counts > 0] = 0
         dead = (self.idle >= self.dead_after).nonzero().squeeze(1)
         if len(dead) and len(flat):
-            pick = torch.randint(len(flat), (len(dead),), device=flat.device)
+            # drawn on the CPU, then moved: the same restarts on every device
+            pick = torch.randint(len(flat), (len(dead),)).to(flat.device)
             self.codebook.data[dead] = flat[pick]
             self.idle[dead] = 0
 
@@ -150,11 +151,13 @@ class VectorQuantizer(nn.Module):
     def kmeans_init(self, vectors: torch.Tensor, iters: int = 10, generator=None):
         """Lloyd's k-means on [N, C] vectors (k-means++-free: random distinct starts)."""
         vectors = vectors.reshape(-1, self.channels)
+        # CPU generators: drawn on the CPU (the same draws on every device), then moved
         start = torch.randperm(len(vectors), generator=generator)[: self.num_codes]
-        centres = vectors[start].clone()
+        centres = vectors[start.to(vectors.device)].clone()
         if len(centres) < self.num_codes:  # fewer vectors than codes: pad with jittered copies
-            extra = centres[torch.randint(len(centres), (self.num_codes - len(centres),), generator=generator)]
-            centres = torch.cat([centres, extra + 1e-3 * torch.randn(extra.shape, generator=generator)])
+            pick = torch.randint(len(centres), (self.num_codes - len(centres),), generator=generator)
+            extra = centres[pick.to(centres.device)]
+            centres = torch.cat([centres, extra + 1e-3 * torch.randn(extra.shape, generator=generator).to(extra.device)])
         for _ in range(iters):
             self.codebook.data.copy_(centres)
             index = self.nearest(vectors)

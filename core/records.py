@@ -34,8 +34,11 @@ from core.provenance import current_commit, flatten as flat, plain_config
 log = logging.getLogger("c2f")
 
 # settings that never change what a run computes: how it is watched, where files are, what runs
-FREE = ("task", "progress", "checkpoint", "samples_path", "overrides", "deterministic",
+# (device and compile change where and how fast the arithmetic runs, not what it computes;
+# train.precision does change it, so it is checked)
+FREE = ("task", "progress", "checkpoint", "samples_path", "overrides", "deterministic", "device",
         "train.resume", "train.extend", "train.log_every", "train.ckpt_every", "train.max_seconds",
+        "train.compile", "train.compile_mode",
         "domain.data_dir", "domain.store", "domain.tokenizer_path")
 # a trained model's settings may differ from the sample/evaluate command's only in these
 SAMPLING_FREE = FREE + ("sample", "seed", "train")

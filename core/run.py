@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from contextlib import nullcontext
 import sys
@@ -27,11 +28,14 @@ from tqdm.auto import tqdm
 from core import distributed
 from core.data import TensorData
 from core.determinism import set_deterministic
+from core.device import autocast, check_precision, grad_scaler, set_device, synchronize, to_device
+from core.device import current as current_device
 from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
 from core.io import atomic_path, remove_stale_temps, save_atomic, write_json_atomic
 from core.parts import keyed_folder
 from core.model import ScaleModel
-from core.plugins import UnknownDomainError, available_domains, config_dirs, get_domain
+from core.plugins import (UnknownDomainError, available_domains, config_dirs, get_domain,
+                          missing_dependency)
 from core.pyramid import ResidualPyramid
 from core.quantizers import make_quantizer
 from core.refiner import ScaleTransformer
@@ -96,6 +100,9 @@ class TrainSection:
     resume: bool = False
     extend: bool = False              # resume with a larger train.steps (the schedule is kept)
     max_seconds: float = 0.0
+    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
+    compile: bool = False             # torch.compile the training forward pass
+    compile_mode: str = "default"     # default | reduce-overhead | max-autotune
 
 
 @dataclass
@@ -116,6 +123,7 @@ class SampleConfig:
     max_redraws: int = 0                 # constrained draws (model.band_ok): redraws per scale
     flops_samples: int = 4               # samples whose FLOPs are counted (0: none)
     use_ema: bool = True                 # sample with the EMA weights when the checkpoint has them
+    precision: str = "fp32"              # fp32 | bf16 | fp16: autocast of the network passes
 
 
 @dataclass
@@ -127,12 +135,15 @@ class Schema:
     checkpoint: Any = None
     samples_path: Any = None
     deterministic: bool = True        # bit-for-bit repeatable seeded runs (core.determinism)
+    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps (core.device)
     overrides: list = field(default_factory=list)  # the command line that composed this config
     model: ModelConfig = field(default_factory=ModelConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # (setting, smallest allowed value): sizes and counts a run cannot do without
 POSITIVE = (("train.steps", 1), ("train.batch_size", 1), ("train.log_every", 1), ("train.ckpt_every", 1),
@@ -173,6 +184,11 @@ def validate_config(cfg: DictConfig) -> DictConfig:
         value = OmegaConf.select(merged, key)
         if value is not None and value < least:
             raise ConfigError(f"{key}={value} is not allowed: it must be at least {least}")
+    check_precision(merged.train.precision, "train.precision")
+    check_precision(merged.sample.precision, "sample.precision")
+    if merged.train.compile_mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode={merged.train.compile_mode} is not a torch.compile mode; "
+                          f"choose {', '.join(COMPILE_MODES)}")
     return merged
 
 
@@ -208,15 +224,49 @@ def _composition_error(e: Exception, overrides: list[str]) -> ConfigError:
     return ConfigError(text.splitlines()[0] if text else type(e).__name__)
 
 
+def _domain_names(value: str) -> list[str]:
+    """The domains a ``domain=`` value names: one, or a multirun sweep (``a,b``, ``choice(a,b)``)."""
+    if "," not in value and "(" not in value:
+        return [value]
+    return [n for n in re.findall(r"[A-Za-z_][\w.-]*", value) if n not in ("choice", "glob", "range")]
+
+
 def _with_plugin_paths(overrides: list[str]) -> list[str]:
+    """``overrides`` and, last, hydra's search path to the config folders of installed plugins."""
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("domain=")]
-    if chosen and chosen[-1] not in available_domains():
-        raise UnknownDomainError(
-            f"unknown domain '{chosen[-1]}'; available domains: {', '.join(available_domains())}")
+    for name in _domain_names(chosen[-1]) if chosen else []:
+        if name not in available_domains():
+            raise UnknownDomainError(
+                f"unknown domain '{name}'; available domains: {', '.join(available_domains())}")
     extra = config_dirs()
     if extra:
         overrides = overrides + ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"]
     return overrides
+
+
+# hydra's command-line flags that take a value (hydra._internal.utils.get_args_parser)
+_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                "--config-dir", "-cd", "--experimental-rerun")
+_INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+
+
+def hydra_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(hydra's flags, the settings) of a command line, in any order. hydra's parser reads the
+    settings as one positional list, so the flags go first and the settings (with the plugins'
+    search path) after them: ``domain=x --cfg job`` and ``--cfg job domain=x`` both work."""
+    flags, settings, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _VALUE_FLAGS and i + 1 < len(argv):
+            flags += argv[i: i + 2]
+            i += 2
+        elif arg in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS:
+            flags += argv[i: i + 2]
+            i += 2
+        else:
+            (flags if arg.startswith("-") else settings).append(arg)
+            i += 1
+    return flags, settings
 
 
 # ---------------------------------------------------------------- building blocks
@@ -230,6 +280,8 @@ def build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
     tokenizer = domain.c2f_tokenizer(cfg=cfg)
     channels = tokenizer.channels if tokenizer is not None else data.x.shape[1]
     m = cfg.model
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, ops, m)
     quantizer = getattr(tokenizer, "quantizer", None)
     if quantizer is None:
         quantizer = make_quantizer(m.quantizer, channels, m.num_codes, len(ops.sizes),
@@ -245,6 +297,25 @@ def build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
     head = make_head(m.target, cfg.refiner.d_model, quantizer)
     return ScaleModel(pyramid, refiner, head, channels, num_classes, tokenizer, m.label_drop,
                       refine_share=m.refine_share if m.refine else 0.0)
+
+
+def check_tokenizer(tokenizer, ops, m):
+    """A tokenizer with a pyramid of its own (its codebook was trained on that pyramid's bands)
+    must agree with the model's: the same variant, target state, scales and up-sampling."""
+    own = getattr(tokenizer, "pyramid", None)
+    if own is None:
+        return
+    pairs = [("model.variant", m.variant, "variant", own.variant),
+             ("model.target_state", m.target_state, "target_state", getattr(own, "target_state", None)),
+             ("the scales of c2f_scale_ops", [tuple(s) for s in ops.sizes], "scales",
+              [tuple(s) for s in own.ops.sizes]),
+             ("the scale ops' up_mode", getattr(ops, "up_mode", None), "up_mode", getattr(own.ops, "up_mode", None))]
+    for model_key, value, tokenizer_key, recorded in pairs:
+        if value is not None and recorded is not None and value != recorded:
+            raise ConfigError(f"{model_key} is {value!r} but the tokenizer's pyramid has {tokenizer_key} "
+                              f"{recorded!r}: the model must code the latent with the pyramid the tokenizer "
+                              f"was trained on. Set {model_key} to {recorded!r} (or use a tokenizer trained "
+                              "with these settings)")
 
 
 def load_data(cfg, domain, split: str):
@@ -267,25 +338,35 @@ def _checkpoint_path(cfg, run_dir: Path) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else run_dir / "checkpoints" / "last.pt"
 
 
-def seconds_per_step(cfg, probe_steps: int = 3) -> float:
-    """Wall time of one training step of the model ``cfg`` builds (after a warm-up step): plans
-    a step count for a wall-clock budget (``train.max_seconds`` has the last word)."""
+def seconds_per_step(cfg, probe_steps: int = 3, warmup_steps: int = 1, timings: dict | None = None) -> float:
+    """Wall time of one training step of the model ``cfg`` builds, on its device, precision and
+    compile setting (after ``warmup_steps``, which also absorb compilation): plans a step count
+    for a wall-clock budget (``train.max_seconds`` has the last word) and measures devices.
+    ``timings``, if given, receives ``warmup_seconds`` (the warm-up steps' time)."""
     cfg = validate_config(cfg)
     domain = get_domain(cfg.domain.name)
+    device = set_device(cfg.device)
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, domain, data).train()
+    model = build_model(cfg, domain, data).train().to(device)
+    net = torch.compile(model) if cfg.train.compile else model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    batch = _collate(cfg, domain, data, torch.arange(cfg.train.batch_size) % len(data))
+    scaler = grad_scaler(device, cfg.train.precision)
+    batch = to_device(_collate(cfg, domain, data, torch.arange(cfg.train.batch_size) % len(data)), device)
     times = []
-    for _ in range(probe_steps + 1):
+    for _ in range(probe_steps + warmup_steps):
         t0 = time.perf_counter()
-        loss, _ = model.loss(batch, torch.Generator().manual_seed(0))
+        with autocast(device, cfg.train.precision):
+            loss, _ = net(batch, torch.Generator().manual_seed(0))
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss.float()).backward()
+        scaler.step(opt)
+        scaler.update()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
-    return sum(times[1:]) / probe_steps
+    if timings is not None:
+        timings["warmup_seconds"] = sum(times[:warmup_steps])
+    return sum(times[warmup_steps:]) / probe_steps
 
 
 # ---------------------------------------------------------------- tasks
@@ -293,7 +374,8 @@ def task_train(cfg, domain, run_dir: Path) -> dict:
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, domain, data)
-    tcfg = TrainConfig(**OmegaConf.to_container(cfg.train), seed=cfg.seed, progress=cfg.progress)
+    tcfg = TrainConfig(**OmegaConf.to_container(cfg.train), seed=cfg.seed, progress=cfg.progress,
+                       device=str(current_device()))
     stats = train(model, len(data), lambda idx: _collate(cfg, domain, data, idx), tcfg, run_dir,
                   record=stamp(cfg))
     stats["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -320,7 +402,8 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
     s = cfg.sample
-    model = load_weights(build_model(cfg, domain, data), ckpt, use_ema=s.use_ema)
+    device = current_device()
+    model = load_weights(build_model(cfg, domain, data), ckpt, use_ema=s.use_ema).to(device)
     n = s.num_samples
     cond = domain.c2f_sample_conditions(cfg=cfg, data=data, num_samples=n)
     if cond is None:
@@ -335,13 +418,18 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
                               f"{type(model).__name__} (it has no calibrate_shift/perturb)")
         # the unit of sigma: clean states of a fixed, seeded subset of the training data
         index = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:1000]
-        model.calibrate_shift(_collate(cfg, domain, data, index))
+        model.calibrate_shift(to_device(_collate(cfg, domain, data, index), device))
 
     def draw(index, stats):
         c = cond[index]
         seeds = [member_seed(cfg.seed, int(ci), int(i)) for ci, i in zip(c.tolist(), index.tolist())]
-        try:
-            return generate(model, scheduler, c, seeds, extensions, stats)
+        try:  # the seeds' generators stay on the CPU: member i is the same draw on every device
+            with autocast(device, s.precision):
+                samples, nfe = generate(model, scheduler, c.to(device), seeds, extensions, stats)
+            samples = to_device(samples, "cpu")
+            if isinstance(samples, torch.Tensor) and samples.is_floating_point():
+                samples = samples.float()  # samples are stored in fp32 whatever the precision
+            return samples, nfe
         except ValueError as e:  # an extension the model cannot do (refinement of an untrained model)
             raise ConfigError(f"sample settings: {e}") from None
 
@@ -358,6 +446,7 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
         else:
             stats, tick = {}, time.perf_counter()
             out, nfe = draw(index, stats)
+            synchronize(device)
             done = {"samples": out, "nfe": nfe, "seconds": time.perf_counter() - tick,
                     **{k: stats.get(k, 0) for k in ("nfe_backbone", "nfe_head", "guidance_doubles_batch",
                                                     "redraws", "refine_passes")}}
@@ -386,7 +475,7 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
     metrics = {"nfe": nfe, "nfe_backbone": backbone, "nfe_head": head,
                "guidance_doubles_batch": doubled, "samples": n, "seconds_per_sample": seconds / n,
                "samples_per_second": n / seconds, "world_size": distributed.world_size(),
-               "sample_batch_size": s.batch_size}
+               "sample_batch_size": s.batch_size, "device": device.type}
     if s.flops_samples > 0:  # counted on a batch of their own: the counter slows the timed loop
         index = torch.arange(min(n, s.flops_samples))
         _, flops = count_flops(draw, index, {})
@@ -488,7 +577,8 @@ def run(cfg: DictConfig, run_dir) -> dict:
     locked against a second writer (``core.records.RunLock``, held by rank 0)."""
     cfg = validate_config(cfg)
     set_deterministic(cfg.deterministic)
-    distributed.init()
+    device = set_device(cfg.device)  # before the process group: nccl for GPUs, gloo for CPUs
+    distributed.init(device)
     run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's folder for everyone
     domain = get_domain(cfg.domain.name)
     existed = run_dir.exists()
@@ -500,7 +590,12 @@ def run(cfg: DictConfig, run_dir) -> dict:
             if finished and cfg.task == "train":  # report it and change nothing
                 stored = run_dir / "metrics.json"
                 return json.loads(stored.read_text()) if stored.is_file() else {}
-            return _run_tasks(cfg, domain, run_dir)
+            try:
+                return _run_tasks(cfg, domain, run_dir)
+            except ModuleNotFoundError as e:  # a package the domain imports when it needs it
+                if (e.name or "").split(".")[0] in ("core", "domains", "configs"):
+                    raise
+                raise missing_dependency(domain.name, e) from None
     except BaseException:
         if distributed.is_main() and not existed and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # a run refused before it wrote anything leaves no folder
@@ -551,6 +646,16 @@ def _settings_of(argv: list[str]) -> list[str]:
             and not a.lstrip("+~").startswith("hydra.")]
 
 
+def _is_sweep(setting: str) -> bool:
+    """A multirun sweep (``key=a,b``, ``key=range(3)``, ``choice``/``glob``), not a list value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(setting).is_sweep_override()
+    except HydraException:
+        return False
+
+
 def _remove_if_empty(folder: Path):
     """A run that failed before it made anything but its config leaves no folder behind."""
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= {".hydra", "run.log", "config.yaml"}:
@@ -565,8 +670,14 @@ def main(argv: list[str] | None = None):
     from hydra.core.hydra_config import HydraConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    compose_config(_settings_of(argv))  # misspelled or invalid settings fail here, in one line
-    overrides = _with_plugin_paths(argv)
+    flags, settings = hydra_argv(argv)
+    if "--help" in flags or "-h" in flags:
+        print(f"coarse2fine: python -m core.run domain=<name> task=<{'|'.join(CORE_TASKS)}|a domain task> "
+              f"[setting=value ...]\ndomains: {', '.join(available_domains())}\n")
+    multirun = "-m" in flags or "--multirun" in flags
+    # misspelled or invalid settings fail here, in one line (a multirun checks its fixed settings)
+    compose_config([s for s in _settings_of(settings) if not (multirun and _is_sweep(s))])
+    overrides = flags + _with_plugin_paths(settings)
 
     @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
     def _entry(cfg: DictConfig):

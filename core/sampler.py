@@ -360,7 +360,8 @@ class Redraw(Extension):
         def passing(tok, rows):  # only the rows still failing are checked again
             if run.passes.doubled:  # the null half is never checked
                 rows = torch.cat([rows, torch.zeros_like(rows)])
-            return torch.as_tensor(run.model.band_ok(state, run.doubled(tok), k, rows), dtype=torch.bool)[:B]
+            # the checks and their masks stay on the CPU, whatever device the tokens are on
+            return torch.as_tensor(run.model.band_ok(state, run.doubled(tok), k, rows), dtype=torch.bool).cpu()[:B]
 
         ok, count = passing(tokens, torch.ones(B, dtype=torch.bool)), 0
         for attempt in range(self.max_redraws):
@@ -368,7 +369,7 @@ class Redraw(Extension):
                 break
             count += int((~ok).sum())
             again = run.draw(predictions, k, state, streams(run.seeds, f"redraw/{k}", attempt))
-            tokens = {name: torch.where(ok.view(-1, *[1] * (t.dim() - 1)), t, again[name])
+            tokens = {name: torch.where(ok.to(t.device).view(-1, *[1] * (t.dim() - 1)), t, again[name])
                       for name, t in tokens.items()}
             ok = ok | passing(tokens, ~ok)
         run.stats["redraws"] += count

@@ -15,6 +15,12 @@ process with the same global batch (exactly, when the loss draws no random numbe
 dropout or random coarsenings each rank draws its own, so runs agree in distribution only). Rank
 0 alone writes.
 
+Devices (``core.device``): the model and each batch go to ``device``; the generators stay on the
+CPU, so the batches and random draws of step s are the same on every device. ``precision`` bf16 /
+fp16 runs the forward pass under autocast (fp16 with loss scaling, whose state the checkpoint
+keeps), ``compile`` through ``torch.compile``; checkpoints hold CPU tensors of the uncompiled
+model, so they load on any device and with compile on or off.
+
 Files in ``run_dir``: ``checkpoints/last.pt`` (model, EMA, optimiser, step, training seconds; written atomically
 and loaded with ``weights_only=True``) and ``train_log.jsonl`` (one line of flat numbers per
 logged step; lines past the checkpoint are dropped on resume, so the log never repeats a step).
@@ -34,6 +40,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from core import distributed
+from core.device import autocast, check_precision, grad_scaler, to_cpu, to_device
 from core.errors import InputError, MissingFileError, is_disk_full
 from core.io import atomic_path, save_atomic
 
@@ -57,6 +64,10 @@ class TrainConfig:
     resume: bool = False
     extend: bool = False      # resuming with more steps: the first planned steps keep their schedule
     max_seconds: float = 0.0  # wall-clock training budget, summed over resumes; 0 = none
+    device: str = "cpu"       # a torch device (core.device resolves the ``device`` setting)
+    precision: str = "fp32"   # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+    compile: bool = False     # run the forward pass through torch.compile
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead | max-autotune
 
 
 def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
@@ -154,16 +165,23 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
     main, world, rank = distributed.is_main(), distributed.world_size(), distributed.rank()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    check_precision(cfg.precision)
+    model.to(device)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        net = DistributedDataParallel(model)
+        # each rank on its own GPU (device_ids), or the CPU (gloo)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # the parameters stay the model's: checkpoints have no compile prefixes
+        net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
+    scaler = grad_scaler(device, cfg.precision)
 
     start, spent, schedule = 0, 0.0, cfg.steps
     if cfg.resume and ckpt_path.exists():
@@ -172,6 +190,8 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         opt.load_state_dict(state["optimizer"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
+        if state.get("grad_scaler"):
+            scaler.load_state_dict(state["grad_scaler"])
         start = int(state["step"])
         spent = float(state.get("train_seconds", 0.0))  # older checkpoints: 0
         if cfg.extend:  # the steps planned before keep their learning rates
@@ -183,9 +203,11 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
 
     def checkpoint(step, seconds):
         if main:
-            save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "ema": ema.state_dict() if ema is not None else None, "step": step,
+            # CPU tensors: a checkpoint written on a GPU loads anywhere
+            save_atomic({"model": to_cpu(model.state_dict()), "optimizer": to_cpu(opt.state_dict()),
+                         "ema": to_cpu(ema.state_dict()) if ema is not None else None, "step": step,
                          "train_seconds": float(seconds), "schedule_steps": schedule,
+                         "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                          **(record or {})}, ckpt_path)
         distributed.barrier()
 
@@ -201,15 +223,22 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         batch = make_batch(distributed.shard(batch_indices(step, num_items, cfg.batch_size, cfg.seed)))
+        batch = to_device(batch, device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg, schedule)
-        loss, logs = net(batch, gen)
+        with autocast(device, cfg.precision):
+            loss, logs = net(batch, gen)
+        loss = loss.float()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
-        opt.step()
+        scaler.scale(loss).backward()
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            scaler.unscale_(opt)  # clip the true gradients (a no-op unless fp16)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        scaler.step(opt)  # fp16: skipped when the scaled gradients overflowed
+        scaler.update()
         if ema is not None:
             with torch.no_grad():
                 decay = ema_decay(step, cfg)

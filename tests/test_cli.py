@@ -165,3 +165,24 @@ def test_digits_default_reaches_class_accuracy(tmp_path):
     m = run(compose_config(["domain=digits", "progress=false"]), tmp_path)
     assert m["class_accuracy"] >= 0.8, m
     assert m["nfe"] == 4
+
+
+def test_multirun_sweeps_with_the_flag_anywhere(tmp_path):
+    """``-m`` between the settings, a sweep over train.steps: one run folder per value."""
+    proc = subprocess.run([sys.executable, "-m", "core.run", "domain=digits", "task=train", "-m",
+                           "train.steps=2,3", "refiner.d_model=16", "refiner.layers=1", "refiner.heads=2",
+                           "train.batch_size=8", "train.warmup=1", "progress=false",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = sorted(json.loads((tmp_path / str(i) / "metrics.json").read_text())["train_steps"] for i in (0, 1))
+    assert steps == [2.0, 3.0]
+
+
+def test_hydra_flags_go_before_the_settings():
+    from core.run import hydra_argv
+
+    flags, settings = hydra_argv(["domain=x", "--cfg", "job", "train.steps=3", "-m", "--info", "searchpath"])
+    assert flags == ["--cfg", "job", "-m", "--info", "searchpath"]
+    assert settings == ["domain=x", "train.steps=3"]
+    assert hydra_argv(["--help"]) == (["--help"], [])

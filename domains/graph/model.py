@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch_geometric.nn import GINConv, GPSConv
 from torch_geometric.utils import to_dense_adj, to_dense_batch
 
-from core.determinism import gather_rows, index_sum, is_deterministic
+from core.determinism import gather_rows
 from core.targets import Prediction
 from domains.graph.coarsen import build_pyramid, compose, remix_priorities
 from domains.graph.data import Graph
@@ -62,7 +62,7 @@ def triangles(pairs: torch.Tensor, num_nodes: int):
 
     Returns tensors over (edge, apex) incidences: the edge (P, Q), the edge from P to the apex W
     and whether P is its first node, the same for Q, and W."""
-    e = pairs.numpy()
+    e = pairs.cpu().numpy()  # numpy: on the CPU
     m = len(e)
     empty = torch.zeros(0, dtype=torch.long)
     if m == 0:
@@ -91,20 +91,12 @@ def triangles(pairs: torch.Tensor, num_nodes: int):
     return t(pos), t(eid[i]), torch.as_tensor(a < apex), t(eid[j]), torch.as_tensor(b < apex), t(apex)
 
 
-def segment_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """Rows of ``values`` summed per ``index`` [size, ...]: ``index_add_``, or in deterministic
-    mode ``core.determinism.index_sum`` (a fixed order, whatever the threads or the row order)."""
-    if is_deterministic():
-        return index_sum(values, index, size)
-    return values.new_zeros((size, *values.shape[1:])).index_add_(0, index, values)
-
-
 def draw_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Tensor:
     """The round (0..rounds-1) in which each edge's pattern is drawn: a pseudo-random function
     of the two priorities, symmetric, so the order travels with the nodes (equivariance)."""
     if len(pairs) == 0:
         return torch.zeros(0, dtype=torch.long)
-    p = pairs.numpy()
+    p = pairs.cpu().numpy()
     u = remix_priorities(prio[p[:, 0]] + prio[p[:, 1]])
     return torch.as_tensor(np.minimum((u * rounds).astype(np.int64), rounds - 1))
 
@@ -129,7 +121,7 @@ def walk_rounds(nt, pairs: torch.Tensor, prio: np.ndarray, rounds: int) -> torch
     split = np.flatnonzero(nt > 0)
     if m == 0 or len(split) == 0:
         return torch.as_tensor(out)
-    p = pairs.numpy() if isinstance(pairs, torch.Tensor) else np.asarray(pairs)
+    p = pairs.cpu().numpy() if isinstance(pairs, torch.Tensor) else np.asarray(pairs)
     incident: dict[int, list] = {}
     for eid, (a, b) in enumerate(p.tolist()):
         incident.setdefault(a, []).append((b, eid))
@@ -198,7 +190,7 @@ class TriangleLayer(nn.Module):
         # gather_rows, not z[index]: the backward of advanced indexing adds repeated rows with
         # CPU atomics, in an order that depends on the threads (see core.determinism)
         msg = self.message(torch.cat([gather_rows(z, tail_side), gather_rows(z, head_side)], 1))
-        total = segment_sum(msg, target, len(state))
+        total = torch.zeros_like(state).index_add_(0, target, msg)
         count = torch.bincount(target, minlength=len(state)).clamp(min=1)
         return state + self.update(torch.cat([z, total / count[:, None]], 1))
 
@@ -241,6 +233,9 @@ class GraphRefiner(nn.Module):
 
     def forward(self, x, edge_index, batch):
         """Backbone features [n, d] and node-token logits [n, 3]."""
+        # the level's tensors are built on the CPU (numpy structure); the network may be elsewhere
+        dev = self.inp[0].weight.device
+        x, edge_index, batch = x.to(dev), edge_index.to(dev), batch.to(dev)
         h = self.inp(x)
         for layer in self.layers:
             h = layer(h, edge_index, batch)
@@ -254,29 +249,37 @@ class GraphRefiner(nn.Module):
         coarse graph's triangles ``tri`` (see ``triangles``): the later rounds of a level see which
         child each neighbour already joined, so that a node's neighbours split between its two
         children consistently (around a planar node: two arcs, not a random subset)."""
+        dev = h.device  # structure may come from the CPU; tables and indices go to h's device
+        if tri is None and len(self.edge_layers):
+            tri = triangles(pairs, len(h))
+        if tri is not None:
+            tri = tuple(t.to(dev) for t in tri)
+        pairs, node_tokens = pairs.to(dev), node_tokens.to(dev)
+        first_slots, second_slots = FIRST_SLOTS.to(dev), SECOND_SLOTS.to(dev)
+        transpose = TRANSPOSE.to(dev)
         node_tok = self.token_emb(node_tokens)
         if drawn is None:
-            drawn = torch.zeros(len(pairs), dtype=torch.long)
-        first, second = FIRST_SLOTS[drawn], SECOND_SLOTS[drawn]
-        node_ctx = segment_sum(self.slot_emb(torch.cat([first, second])), pairs.t().reshape(-1), len(h))
+            drawn = torch.zeros(len(pairs), dtype=torch.long, device=dev)
+        drawn = drawn.to(dev)
+        first, second = first_slots[drawn], second_slots[drawn]
+        node_ctx = torch.zeros_like(h).index_add_(0, pairs[:, 0], self.slot_emb(first))
+        node_ctx = node_ctx.index_add_(0, pairs[:, 1], self.slot_emb(second))
         node_state = h + node_tok + node_ctx  # gathered once per end (gather_rows: deterministic)
         hp, hq = gather_rows(node_state, pairs[:, 0]), gather_rows(node_state, pairs[:, 1])
         tri_fwd = tri_bwd = torch.zeros_like(hp)
-        if tri is None and len(self.edge_layers):
-            tri = triangles(pairs, len(h))
         if tri is not None and len(tri[0]):
             edge, p_edge, p_first, q_edge, q_first, apex = tri
-            sp = torch.where(p_first, FIRST_SLOTS[drawn[p_edge]], SECOND_SLOTS[drawn[p_edge]])
-            sq = torch.where(q_first, FIRST_SLOTS[drawn[q_edge]], SECOND_SLOTS[drawn[q_edge]])
+            sp = torch.where(p_first, first_slots[drawn[p_edge]], second_slots[drawn[p_edge]])
+            sq = torch.where(q_first, first_slots[drawn[q_edge]], second_slots[drawn[q_edge]])
             tok = node_tokens[apex]
-            tri_fwd = segment_sum(self.triangle_emb(12 * sp + 3 * sq + tok), edge, len(pairs))
-            tri_bwd = segment_sum(self.triangle_emb(12 * sq + 3 * sp + tok), edge, len(pairs))
+            tri_fwd = tri_fwd.index_add(0, edge, self.triangle_emb(12 * sp + 3 * sq + tok))
+            tri_bwd = tri_bwd.index_add(0, edge, self.triangle_emb(12 * sq + 3 * sp + tok))
         first_layer, act, last_layer = self.edge_head
         m = len(pairs)
         state = first_layer(torch.cat([torch.cat([hp, hq, tri_fwd], 1), torch.cat([hq, hp, tri_bwd], 1)]))
         if len(self.edge_layers):
             # directed edges: row r is P -> Q, row m + r is Q -> P (patterns read from its tail)
-            state = state + self.pattern_emb(torch.cat([drawn, TRANSPOSE[drawn]]))
+            state = state + self.pattern_emb(torch.cat([drawn, transpose[drawn]]))
             if len(tri[0]):
                 edge, p_edge, p_first, q_edge, q_first, _ = tri
                 p_dir = torch.where(p_first, p_edge, p_edge + m)  # P -> W
@@ -287,9 +290,9 @@ class GraphRefiner(nn.Module):
                 for layer in self.edge_layers:
                     state = layer(state, tail_side, head_side, target)
         out = last_layer(act(state))
-        forward_, backward = out[:m], out[m:][:, TRANSPOSE]
+        forward_, backward = out[:m], out[m:][:, transpose]
         two = (node_tokens > 0).long()
-        allowed = VALID[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
+        allowed = VALID.to(dev)[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
         return (0.5 * (forward_ + backward)).masked_fill(~allowed, float("-inf"))
 
 
@@ -356,8 +359,13 @@ class GraphScaleModel(nn.Module):
         x, edge_index, batch, pairs, pair_graph, node_tokens, edge_tokens, rounds = \
             self._level_batch(pyramids, targets)
         h, node_logits = self.refiner(x, edge_index, batch)
-        node_ll = -F.cross_entropy(node_logits, node_tokens, reduction="none")
         tri = triangles(pairs, len(node_tokens)) if self._needs_triangles else None
+        # the level's structure is built on the CPU (numpy); the network's side goes to its device
+        dev = node_logits.device
+        pairs, node_tokens, edge_tokens = pairs.to(dev), node_tokens.to(dev), edge_tokens.to(dev)
+        tri = None if tri is None else tuple(t.to(dev) for t in tri)
+        rounds_cpu, rounds = rounds, rounds.to(dev)
+        node_ll = -F.cross_entropy(node_logits, node_tokens, reduction="none")
         if reduce == "sum":
             total = node_ll.sum()
             for t in range(self.edge_rounds):
@@ -370,8 +378,9 @@ class GraphScaleModel(nn.Module):
             levels = int(batch.max()) + 1
             gen = rng if rng is not None else np.random.default_rng(0)
             # a round that some edge of the level uses, so that every level scores something
-            last = torch.zeros(levels, dtype=torch.long).scatter_reduce(0, pair_graph, rounds, "amax")
+            last = torch.zeros(levels, dtype=torch.long).scatter_reduce(0, pair_graph, rounds_cpu, "amax")
             upto = torch.as_tensor(np.floor(gen.random(levels) * (last.numpy() + 1)).astype(np.int64))[pair_graph]
+            upto = upto.to(dev)
             drawn = torch.where(rounds < upto, edge_tokens, 0)
             logits = self.refiner.edge_logits(h, pairs, node_tokens, drawn, tri)
             scored = rounds >= upto
@@ -418,8 +427,10 @@ class GraphScaleModel(nn.Module):
             [state["step"]] * len(state["n"]), self.refiner.rw_steps)
         h, node_logits = self.refiner(x, edge_index, batch)
         B = len(state["n"])
-        node_dense, _ = to_dense_batch(node_logits, batch, batch_size=B)
+        node_dense, _ = to_dense_batch(node_logits, batch.to(node_logits.device), batch_size=B)
+        # the level's structure stays on the CPU (numpy); the triangles only feed the network
         tri = triangles(pairs, len(batch)) if self._needs_triangles else None
+        tri = None if tri is None else tuple(t.to(h.device) for t in tri)
         pair_local = self._local_index(pair_graph) if len(pairs) else pair_graph  # row of each edge
         state["_level"] = (h, pairs, pair_graph, pair_local, batch, {}, tri)  # {}: rounds by node tokens
         edges_max = max([len(e) for e in state["edges"]] + [1])
@@ -432,7 +443,7 @@ class GraphScaleModel(nn.Module):
     def _node_flat(self, drawn, state) -> torch.Tensor:
         """The drawn node tokens [n] of the batch, separated as the level will be composed."""
         _, pairs, _, _, batch, _, _ = state["_level"]
-        node_flat = drawn["node"].squeeze(2)[batch, self._local_index(batch)]
+        node_flat = drawn["node"].squeeze(2).cpu()[batch, self._local_index(batch)]
         if self.pyramid_kw["separated"]:
             node_flat = torch.as_tensor(separate_splits(
                 node_flat.numpy().astype(np.int64), pairs.numpy(), np.concatenate(state["prio"])))
@@ -456,7 +467,7 @@ class GraphScaleModel(nn.Module):
         for t in range(upto):
             if f"edge{t}" in drawn:
                 now = rounds == t
-                flat[now] = drawn[f"edge{t}"].squeeze(2)[pair_graph[now], local[now]].long()
+                flat[now] = drawn[f"edge{t}"].squeeze(2).cpu()[pair_graph[now], local[now]].long()
         return flat
 
     def condition_logits(self, name, value, drawn, state):
@@ -466,7 +477,7 @@ class GraphScaleModel(nn.Module):
         node_flat = self._node_flat(drawn, state)
         earlier = self._flat_edges(drawn, state, int(name[4:]), node_flat)
         logits = self.refiner.edge_logits(h, pairs, node_flat, earlier, tri)
-        out, _ = to_dense_batch(logits, pair_graph, batch_size=value.shape[0], fill_value=0.0,
+        out, _ = to_dense_batch(logits, pair_graph.to(logits.device), batch_size=value.shape[0], fill_value=0.0,
                                 max_num_nodes=value.shape[1])
         return out.unsqueeze(2)
 
@@ -509,7 +520,7 @@ class GraphScaleModel(nn.Module):
         edges = torch.zeros(B, max([len(e) for e in state["edges"]] + [1]), dtype=torch.long)
         if len(pairs):
             edges[pair_graph, local] = flat
-        return {"node": tokens["node"], "edge": edges}
+        return {"node": tokens["node"].cpu(), "edge": edges}  # composed with numpy
 
     def add_band(self, state, tokens, k):
         tokens = self._joined(tokens, state)

@@ -218,7 +218,7 @@ class DDPM(nn.Module):
 
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
-        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
+        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator, x.device)
         t = torch.randint(0, self.timesteps, (x.shape[0],), generator=generator).to(x.device)
         noise = torch.randn(x.shape, generator=generator).to(x)
         loss = F.mse_loss(self.unet(self.q_sample(x, t, noise), t, cond.to(x.device)), noise)
@@ -320,7 +320,7 @@ class CodeAR(nn.Module):
 
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
-        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator)
+        cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator, x.device)
         codes = self.codes(x)
         logits = self.logits(codes, cond)
         loss = F.cross_entropy(logits.reshape(-1, self.num_codes), codes.reshape(-1))
@@ -334,7 +334,7 @@ class CodeAR(nn.Module):
         return {"codes": [], "cache": []}
 
     def predict(self, state: dict, k: int, cond: torch.Tensor) -> dict:
-        c = self.cond_emb(cond)
+        c = self.cond_emb(cond.to(self.pos_emb.device))
         if k == 0:
             state["cache"] = [{} for _ in self.blocks]
             x = c.unsqueeze(1)

@@ -22,10 +22,13 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
+import logging
+
 import torch
 from omegaconf import OmegaConf
 
 from core.data import TensorData, check_samples
+from core.device import current as current_device
 from core.errors import InputError, MissingFileError
 from core.grid import GridOps
 from core.hookspecs import hookimpl
@@ -33,6 +36,7 @@ from domains.image.classifier import default_cache_dir, load_or_train_classifier
 from domains.image.data import load_mnist, mnist_tensor_data, to_unit_range
 
 EVAL_SPLITS = ("test", "val")
+log = logging.getLogger("c2f")
 
 
 def _data_dir(cfg) -> Path:
@@ -112,7 +116,10 @@ def train_and_save_tokenizer(cfg, path: Path) -> dict:
     data = _train_part(_data_dir(cfg), _val_size(cfg), cfg.domain.limit)
     torch.manual_seed(cfg.seed)
     model = VQTokenizer(**settings)
-    metrics = train_tokenizer(model, data.x, seed=cfg.seed, progress=cfg.progress, **train_kw)
+    log.info("training the image tokenizer (%d steps on %s; about an hour on 2 CPU cores at the "
+             "default settings); it is cached in %s", train_kw.get("steps", 2000), current_device(), path)
+    metrics = train_tokenizer(model, data.x, seed=cfg.seed, progress=cfg.progress,
+                              device=current_device(), **train_kw)
     save_tokenizer(model, path)
     return metrics
 
@@ -124,8 +131,11 @@ def load_or_train_tokenizer(cfg):
     if not path.is_file():
         if cfg.domain.tokenizer_path:
             raise MissingFileError(f"tokenizer not found: {path} (train one with task=train_tokenizer)")
-        train_and_save_tokenizer(cfg, path)
-    return load_tokenizer(path).eval()
+        # the caller's random stream (the refiner's initialisation comes next) must not depend on
+        # whether the tokenizer was cached: a seeded run repeats whether it trained one or not
+        with torch.random.fork_rng():
+            train_and_save_tokenizer(cfg, path)
+    return load_tokenizer(path).eval().to(current_device())
 
 
 @hookimpl
@@ -174,9 +184,13 @@ def c2f_tokenizer(cfg):
     return None if cfg.domain.space == "pixel" else load_or_train_tokenizer(cfg)
 
 
-@lru_cache(maxsize=2)
 def _judge(data_dir: str, seed: int, progress: bool):
-    return load_or_train_classifier(data_dir, seed=seed, progress=progress)
+    return _judge_on(data_dir, seed, progress, str(current_device()))
+
+
+@lru_cache(maxsize=2)
+def _judge_on(data_dir: str, seed: int, progress: bool, device: str):
+    return load_or_train_classifier(data_dir, seed=seed, progress=progress, device=device)
 
 
 def _pixels(x) -> torch.Tensor:

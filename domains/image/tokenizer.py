@@ -231,7 +231,8 @@ class VQTokenizer(nn.Module):
         bands = [v.reshape(-1, self.channels) for v in lossless.encode(z).values]
         if balanced:
             n = min(len(b) for b in bands)
-            bands = [b[torch.randperm(len(b), generator=generator)[:n]] for b in bands]
+            # CPU generator: the same subsets on every device
+            bands = [b[torch.randperm(len(b), generator=generator)[:n].to(b.device)] for b in bands]
         self.quantizer.kmeans_init(torch.cat(bands), iters=iters, generator=generator)
         self.quantizer.idle.zero_()
 
@@ -289,8 +290,9 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, steps: int = 2000,
                     log_every: int = 50, eval_images: torch.Tensor | None = None, eval_size: int = 1000,
                     l1_weight: float = 0.0, vq_weight: float = 1.0, partial_weight: float = 0.5,
                     partial_bias: float = 1.0, weight_decay: float = 1e-4,
-                    warmup: int = 50, init_batch: int = 256) -> dict:
+                    warmup: int = 50, init_batch: int = 256, device="cpu") -> dict:
     """Train the tokenizer on images [N, 1, 28, 28] in [-1, 1]; return its final metrics.
+    The network and each batch go to ``device`` (the draws stay on the CPU generator).
 
     Seeded: batch order, codebook k-means and dead-code restarts come from ``seed`` (the global RNG
     is forked, so the caller's random state is untouched). AdamW with linear warm-up and cosine
@@ -309,11 +311,13 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, steps: int = 2000,
     if steps < 0 or batch_size < 1:
         raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     images = images.float()
-    eval_x = images[:eval_size] if eval_images is None else eval_images.float()
+    eval_x = (images[:eval_size] if eval_images is None else eval_images.float()).to(device)
+    model.to(device)
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model.init_codebook(images[torch.randperm(len(images), generator=gen)[:init_batch]], generator=gen)
+        model.init_codebook(images[torch.randperm(len(images), generator=gen)[:init_batch]].to(device),
+                            generator=gen)
         model.eval()
         initial = model.reconstruction_by_band(eval_x)[-1]
 
@@ -330,7 +334,7 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, steps: int = 2000,
         for step in bar:
             if pos + batch_size > len(order):
                 order, pos = torch.randperm(len(images), generator=gen), 0
-            batch = images[order[pos:pos + batch_size]]
+            batch = images[order[pos:pos + batch_size]].to(device)
             pos += batch_size
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, steps, lr, warmup)

@@ -172,7 +172,7 @@ def open_era5(path, variables, levels=None, start=None, end=None) -> xr.Dataset:
     takes, e.g. ``"2017-01-01"``). Raises :class:`WeatherDataError` for missing variables or
     levels, times that are not strictly increasing and an empty time selection.
     """
-    from core.store import StoreError, open_store
+    from domains.weather.store import StoreError, open_store
 
     source = os.fspath(path)
     try:

@@ -95,12 +95,13 @@ class WeatherData:
 
     def condition(self, state: torch.Tensor, previous: torch.Tensor, valid_times) -> torch.Tensor:
         """[B, 2C + 3, *support] from normalised states at t and t - Δt."""
-        last_increment = (state - previous) * self.ratio
-        return torch.cat([state, last_increment, self.support.forcings(valid_times)], 1)
+        last_increment = (state - previous) * self.ratio.to(state.device)
+        forcing = self.support.forcings(valid_times).to(state.device)  # computed with numpy
+        return torch.cat([state, last_increment, forcing], 1)
 
     def increment(self, state: torch.Tensor, nxt: torch.Tensor) -> torch.Tensor:
         """Normalised increment (x(t+Δt) - x(t)) / σ_Δ from normalised states."""
-        return (nxt - state) * self.ratio
+        return (nxt - state) * self.ratio.to(state.device)
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(self.starts[np.asarray(indices)])

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from core import distributed
 from core.compute import count_flops
 from core.io import atomic_path
+from core.model import module_device
 from core.parts import keyed_folder
 from core.sampler import from_config, generate, member_seed
 from domains.weather.data import WeatherDataError
@@ -144,15 +145,18 @@ def rollout(model, data, state_ll: torch.Tensor, previous_ll: torch.Tensor, t0, 
     scheduler, extensions = sampling
     norm, support = data.normalizer, data.support
     support_dims = data.fields.ndim - 2
+    # the members' states live on the model's device; the lat-lon states (and the output) on the CPU
+    device = module_device(model)
     inc_std = torch.as_tensor(np.asarray(norm.increment_std), dtype=torch.float32)
-    inc_std = inc_std.reshape(-1, *[1] * support_dims)
+    inc_std = inc_std.reshape(-1, *[1] * support_dims).to(device)
+    ratio = data.ratio.to(device)
 
     def on_support(x_ll):
-        x = support.to_support(torch.from_numpy(np.asarray(norm.norm(x_ll.numpy()))).float())
-        return x[None].repeat(members, *[1] * x.ndim)
+        x = support.to_support(torch.from_numpy(np.asarray(norm.norm(x_ll.cpu().numpy()))).float())
+        return x[None].repeat(members, *[1] * x.ndim).to(device)
 
     cur, prev = on_support(state_ll), on_support(previous_ll)
-    ll = state_ll[None].float().repeat(members, *[1] * state_ll.ndim)
+    ll = state_ll.cpu()[None].float().repeat(members, *[1] * state_ll.ndim)
     step = (data.times[data.stride] - data.times[0]).astype("timedelta64[s]")
     start = np.datetime64(t0, "s")
     out, calls = [], 0
@@ -161,8 +165,8 @@ def rollout(model, data, state_ll: torch.Tensor, previous_ll: torch.Tensor, t0, 
         d, nfe = generate(model, scheduler, data.condition(cur, prev, valid),
                           [member_seed(seed, f"{start}/{n}", m) for m in range(members)], extensions)
         calls += nfe
-        prev, cur = cur, cur + d / data.ratio
-        ll = ll + support.to_latlon(d * inc_std).float()
+        prev, cur = cur, cur + d / ratio
+        ll = ll + support.to_latlon(d * inc_std).float().cpu()
         out.append(ll.numpy().copy())
     return np.stack(out), calls
 

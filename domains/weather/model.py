@@ -29,7 +29,7 @@ FORCING_CHANNELS = 3  # insolation, sin and cos of the time of year
 
 def lat_lon_of(positions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Latitude and longitude (degrees) of unit vectors [n, 3]."""
-    p = positions.double().numpy()
+    p = positions.cpu().double().numpy()
     lat = np.degrees(np.arcsin(np.clip(p[:, 2], -1, 1)))
     lon = np.degrees(np.arctan2(p[:, 1], p[:, 0])) % 360
     return lat, lon
@@ -94,6 +94,7 @@ class WeatherScaleModel(ScaleModel):
         return self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))
 
     def predict(self, state: dict, k: int, cond: torch.Tensor, own=None, visible=None) -> dict:
+        cond = cond.to(state["z"].device)
         context = self._inputs(flat(self.pyramid.context(state["z"], k)), cond, k)
         h = self._step(context, k, self._no_label(cond), state["cache"], own, visible)
         return {"band": self.head(h)}

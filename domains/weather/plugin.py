@@ -15,6 +15,7 @@ import torch
 import xarray as xr
 
 from core import distributed
+from core.device import current as current_device
 from core.hookspecs import hookimpl
 from core.train import load_weights
 from domains.weather import fields as F
@@ -61,7 +62,7 @@ def forecast(cfg, run_dir: Path) -> dict:
 
     train = F.load_split(cfg, "train")
     F.save_normalizer(train, run_dir)
-    model = load_weights(c2f_model(cfg, train), _checkpoint(cfg, run_dir))
+    model = load_weights(c2f_model(cfg, train), _checkpoint(cfg, run_dir)).to(current_device())
     return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, bool(cfg.progress))
 
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import operator
 from pathlib import Path
 
@@ -399,7 +400,7 @@ def make_synthetic_era5(path, *, grid="64x32", start="2015-01-01", years=3.0, st
     """Write the synthetic store to ``path`` atomically (temporary name, then rename).
 
     ``fmt="zarr"`` writes Zarr format 2 with consolidated metadata; ``"netcdf"`` a netCDF-4
-    file (give it a ``.nc`` name so :func:`core.store.open_store` recognises it).
+    file (give it a ``.nc`` name so :func:`domains.weather.store.open_store` recognises it).
     """
     import numcodecs
 
@@ -465,4 +466,7 @@ def ensure_synthetic(path=None, **settings) -> Path:
         what = "was not written by the synthetic generator" if have is None else (
             f"holds synthetic data made with other settings ({have})")
         raise WeatherDataError(f"'{path}' {what}; remove it or choose another path")
+    logging.getLogger("c2f").info(
+        "generating the synthetic ERA5-like store (%s grid, %s years; under a minute at the default "
+        "settings, once); it is cached in %s", cfg["grid"], cfg.get("years"), path)
     return make_synthetic_era5(path, **settings)

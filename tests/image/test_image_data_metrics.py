@@ -324,9 +324,9 @@ def test_load_or_train_caches_atomically(mnist_dir, tmp_path, monkeypatch):
     calls = []
     real_train = C.train_classifier
 
-    def tiny_train(data_dir, seed=0, progress=True):
+    def tiny_train(data_dir, seed=0, progress=True, device="cpu"):
         calls.append(seed)
-        return real_train(data_dir, seed=seed, limit=500, max_steps=3, progress=False)
+        return real_train(data_dir, seed=seed, limit=500, max_steps=3, progress=False, device=device)
 
     monkeypatch.setattr(C, "train_classifier", tiny_train)
     cache = tmp_path / "cache"

@@ -149,3 +149,26 @@ def test_save_load_round_trip(trained, mnist, tmp_path):
     assert torch.equal(model.quantizer.usage, loaded.quantizer.usage)
     payload = torch.load(path, weights_only=True)
     assert set(payload) == {"config", "state_dict"}
+
+
+@pytest.mark.parametrize("change,named", [
+    ({"variant": "laplacian"}, ["model.variant", "'laplacian'", "'var'"]),
+    ({"scales": [1, 2, 4, 7]}, ["scales", "(4, 4)", "(3, 3)"]),
+    ({"up_mode": "bilinear"}, ["up_mode", "'bilinear'", "'bicubic'"]),
+])
+def test_a_tokenizer_that_disagrees_with_the_model_is_refused(change, named):
+    """The model's pyramid settings against a loaded tokenizer's: a conflict names both values."""
+    from types import SimpleNamespace
+
+    from core.errors import ConfigError
+    from core.grid import GridOps
+    from core.run import check_tokenizer
+
+    tokenizer = VQTokenizer(channels=4, num_codes=8, scales=[1, 2, 3, 7], width=8, variant="var")
+    model = SimpleNamespace(variant=change.get("variant", "var"), target_state="residual")
+    ops = GridOps(change.get("scales", [1, 2, 3, 7]), up_mode=change.get("up_mode", "bicubic"))
+    with pytest.raises(ConfigError) as err:
+        check_tokenizer(tokenizer, ops, model)
+    for text in named:
+        assert text in str(err.value)
+    check_tokenizer(tokenizer, GridOps([1, 2, 3, 7]), SimpleNamespace(variant="var", target_state="residual"))

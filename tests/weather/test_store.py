@@ -4,7 +4,7 @@ import pytest
 
 xr = pytest.importorskip("xarray")
 
-from core.store import StoreError, chunk_bounds, open_store, store_format, time_blocks  # noqa: E402
+from domains.weather.store import StoreError, chunk_bounds, open_store, store_format, time_blocks  # noqa: E402
 
 
 def make_dataset(times=20):

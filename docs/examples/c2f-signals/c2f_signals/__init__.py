@@ -1,0 +1,1 @@
+"""An example coarse2fine domain: class-conditional 1-D waveforms (see README.md)."""
