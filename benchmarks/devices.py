@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO))
 from core import device as D  # noqa: E402
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.plugins import get_domain  # noqa: E402
-from core.run import _collate, build_model, compose_config, load_data, seconds_per_step  # noqa: E402
+from core.build import make_batch, build_model, load_data, seconds_per_step  # noqa: E402
+from core.config import compose_config  # noqa: E402
 from core.sampler import from_config, generate, member_seed  # noqa: E402
 
 DOMAINS = {  # name: overrides of the domain's default config
@@ -75,7 +76,7 @@ def sample_seconds(cfg, samples: int) -> float:
     cond = domain.c2f_sample_conditions(cfg=cfg, data=data, num_samples=samples)
     if cond is None:  # labels, or the field conditions of training examples (weather)
         index = torch.arange(samples) % len(data)
-        cond = _collate(cfg, domain, data, index)[1]
+        cond = make_batch(cfg, domain, data, index)[1]
         if cond is None:
             cond = torch.full((samples,), model.null_label)
     cond = D.to_device(cond, device)

@@ -7,10 +7,9 @@ Each set is trained once (``task=train``), then sampled and scored from the same
 each temperature with each sampling seed (40 samples per seed against the 40 test graphs, the
 published protocol; a row averages its seeds and gives the spread of V.U.N.), plain and with
 constrained draws (``domain.constrain=auto``: a level that leaves the data set's class, planar /
-tree / connected, is drawn again; no extra refiner call). The benchmark's model settings
-(``SETTINGS``: a separated pyramid, edges drawn in a walk around each expanding node through
-triangle layers in the edge head; ``SET_SETTINGS`` for a set with its own) come before
-``--override`` (not applied to a set with its own). Finished pieces are reused when
+tree / connected, is drawn again; no extra refiner call). Each set's settings are its experiment
+config, ``configs/experiment/graph_<set>.yaml`` (``python -m core.run +experiment=graph_planar``
+trains the same model); ``--override`` comes after them. Finished pieces are reused when
 the command runs again. Writes ``docs/results/graph.md`` (our rows beside the published ones,
 with the machine and the command) and one run directory per set under ``--out``.
 """
@@ -31,21 +30,12 @@ from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
 from core.train import resume_override  # noqa: E402
 
-# separated pyramid (no two merged pairs adjacent: a level's node splits do not interact, about
-# 17 levels for 64 planar nodes); the edges of each expanding node drawn one per round in a walk
-# around its neighbourhood (up to 16 rounds), through an edge head with 4 triangle layers (only
-# the head re-runs between rounds); batches of 6 graphs (x their levels)
-SETTINGS = ["domain.separated=true", "domain.max_fraction=0.5", "domain.max_levels=40",
-            "domain.edge_rounds=16", "domain.edge_order=walk", "domain.model.edge_layers=4",
-            "train.batch_size=6"]
-# SBM's dense communities put many triangles on every edge: triangle layers train about 15x
-# slower there (2 cores), so SBM keeps the plain pyramid at 15% of the nodes per level, 8 rounds
-SET_SETTINGS = {"sbm": ["domain.max_fraction=0.15", "domain.max_levels=40", "domain.edge_rounds=8",
-                        "train.batch_size=6", "sample.max_redraws=50"]}
+def base_overrides(name: str, data_dir: str, override: list[str]) -> list[str]:
+    """Set ``name``'s settings: its experiment config (``configs/experiment/graph_<name>.yaml``:
+    for planar and tree a separated pyramid whose edges are drawn in a walk around each expanding
+    node through triangle layers; SBM's own), the data folder, then ``--override``."""
+    return [f"+experiment=graph_{name}", f"domain.data_dir={data_dir}", "progress=false"] + list(override)
 
-
-def settings_for(name: str, override: list[str]) -> list[str]:
-    return SET_SETTINGS.get(name, SETTINGS + override)
 
 PUBLISHED = {  # V.U.N. % / ratio, from the shared data README (40 samples vs 40 test graphs)
     "GRAN": {"planar": (0, 2.0), "tree": (0, 607), "sbm": (25, 9.7)},
@@ -102,9 +92,7 @@ def main():
 
     rows = {}
     for name in args.sets:
-        settings = settings_for(name, args.override)
-        base = ["domain=graph", f"domain.source={name}", f"domain.data_dir={args.data_dir}",
-                "progress=false"] + settings
+        base = base_overrides(name, args.data_dir, args.override)
         folder = Path(args.out) / name
         trained = _load(folder / "train" / "metrics.json")
         if trained is None:
@@ -142,8 +130,8 @@ def main():
              "spectral of MMD(test, generated) / MMD(test, train) (the published ratio also "
              "averages a wavelet statistic; statistics whose train-vs-test MMD is 0 are left out).",
              "", "## Ours", "",
-             "Model settings per set (each row's set): "
-             + "; ".join(f"{n}: {' '.join(settings_for(n, args.override))}" for n in args.sets)
+             "Model settings per set: `configs/experiment/graph_<set>.yaml`"
+             + (f", with {' '.join(args.override)}" if args.override else "")
              + f". Sampling seeds {' '.join(map(str, args.seeds))}, 40 samples each: a row gives "
              "the mean over the seeds (V.U.N. with its lowest and highest seed). Temperature 1 "
              "unless the row says otherwise. Constrained rows: the same checkpoint sampled with "

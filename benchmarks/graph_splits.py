@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core.io import write_json_atomic  # noqa: E402
 from core.plugins import get_domain  # noqa: E402
-from core.run import build_model, load_data  # noqa: E402
+from core.build import build_model, load_data  # noqa: E402
 from core.sampler import TokenScheduler, generate, member_seeds  # noqa: E402
 from core.train import load_weights  # noqa: E402
 from domains.graph.coarsen import build_pyramid, compose  # noqa: E402

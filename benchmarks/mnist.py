@@ -54,7 +54,8 @@ import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
-from core.run import compose_config, run, seconds_per_step  # noqa: E402
+from core.build import seconds_per_step  # noqa: E402
+from core.run import compose_config, run  # noqa: E402
 from core.train import resume_override  # noqa: E402
 
 VAL_SIZE = 5000

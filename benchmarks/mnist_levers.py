@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
-from core.run import compose_config, run, seconds_per_step  # noqa: E402
+from core.build import seconds_per_step  # noqa: E402
+from core.run import compose_config, run  # noqa: E402
 from core.train import resume_override  # noqa: E402
 
 LATENT_SCALES = {"default": [1, 2, 3, 4, 5, 7], "fewer": [1, 3, 5, 7], "more": [1, 2, 3, 4, 5, 6, 7]}

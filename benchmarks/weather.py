@@ -64,7 +64,7 @@ def main():
     ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides")
     args = ap.parse_args()
 
-    over = ["domain=weather", "progress=true"] + args.override
+    over = ["+experiment=weather_main", "progress=true"] + args.override  # configs/experiment/
     if args.steps:
         over.append(f"train.steps={args.steps}")
     out = Path(args.out)
@@ -96,7 +96,7 @@ def main():
     lines = [
         "# Weather: ensemble forecasts on the built-in synthetic ERA5",
         "",
-        f"Command: `{cmd.strip()}` (the main run `python -m core.run domain=weather`"
+        f"Command: `{cmd.strip()}` (the main run `python -m core.run +experiment=weather_main`"
         f"{' with ' + ' '.join(shown[2:]) if len(shown) > 2 else ''}); a finished run is "
         "re-scored, with the timings of its uninterrupted run.",
         f"Machine: {platform.platform()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "

@@ -135,3 +135,13 @@ def synchronize(device=None):
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def compile_module(module, mode: str = "default"):
+    """``torch.compile(module)`` for training. numpy inside a forward pass (the graph domain
+    builds its pyramids with numpy in the loss) is not traced: it runs eagerly between the
+    compiled pieces (dynamo's ``trace_numpy`` would trace it, and fails on boolean masks)."""
+    import torch._dynamo
+
+    torch._dynamo.config.trace_numpy = False
+    return torch.compile(module, mode=None if mode == "default" else mode)

@@ -77,17 +77,22 @@ def c2f_load_data(cfg, split):
 
 @hookspec(firstresult=True)
 def c2f_condition(cfg):
-    """Describe the conditioning: ``{"num_classes": int}`` (0 = unconditional).
-
-    Class labels are integers in ``[0, num_classes)``; the core reserves ``num_classes`` as the
-    null label used for classifier-free guidance.
+    """Describe the conditioning of the model the core builds. Either class labels,
+    ``{"num_classes": int}`` (0 = unconditional; labels are integers in ``[0, num_classes)``, and
+    the core reserves ``num_classes`` as the null label used for classifier-free guidance), or a
+    field on the support, ``{"field_channels": int, "stencil": bool}``: the condition of each
+    item is then a tensor [C_cond, *support] (the second element of the ``c2f_collate`` batch and
+    of ``c2f_sample_conditions``), restricted to every scale with ``down`` and read by each token
+    of that scale (``core.model.FieldScaleModel``; ``stencil`` also feeds the differences to the 8
+    neighbours, for scale ops with ``neighbours(k)``). Default: unconditional.
     """
 
 
 @hookspec(firstresult=True)
-def c2f_scale_ops(cfg):
+def c2f_scale_ops(cfg, data):
     """Return the support of each scale and the operators between scales (required unless
-    ``c2f_model`` returns the whole model).
+    ``c2f_model`` returns the whole model). ``data`` is the train split, for supports that depend
+    on it (a store's grid); most domains take only ``cfg``.
 
     A ``core.protocol.ScaleOps``: ``sizes`` (list of support shapes, coarse to fine: ``(h, w)``
     on a grid, ``(n,)`` in 1-D), ``down(z, k)`` (restrict a finer tensor [B, C, *support] to

@@ -185,3 +185,56 @@ class ScaleModel(nn.Module):
     def finish(self, state: dict) -> torch.Tensor:
         z = self.pyramid.finish(state["z"])
         return self.tokenizer.decode(z) if self.tokenizer is not None else z
+
+
+class FieldScaleModel(ScaleModel):
+    """The scale model with a field-valued condition ``cond`` [B, C_cond, *support] (the state
+    now, forcings) instead of a class label: its restriction to scale k (``ops.down``) rides
+    along with every token of scale k, next to the usual context of the coarser bands. With
+    ``stencil`` (scale ops with ``neighbours(k)``, [n_k, 8] indices) each token also reads the
+    condition's differences to its 8 neighbours: gradients and curvature, which say where patterns
+    move, without the attention having to find the neighbours first. Built by the core when
+    ``c2f_condition`` returns ``{"field_channels": C_cond}``."""
+
+    def __init__(self, pyramid, refiner, head, channels: int, cond_channels: int,
+                 stencil: bool = False, tokenizer=None):
+        super().__init__(pyramid, refiner, head, channels, num_classes=0, tokenizer=tokenizer,
+                         label_drop=0.0)
+        self.cond_channels, self.stencil = cond_channels, stencil
+        ops = pyramid.ops
+        if stencil and not hasattr(ops, "neighbours"):
+            raise ValueError(f"a stencil condition needs scale ops with neighbours(k); "
+                             f"{type(ops).__name__} has none")
+        for k in range(len(ops.sizes)):
+            self.register_buffer(f"neighbours{k}", ops.neighbours(k) if stencil else None,
+                                 persistent=False)
+
+    @staticmethod
+    def input_channels(channels: int, cond_channels: int, stencil: bool) -> int:
+        """The refiner's input width: the context plus the condition (and its 8 differences)."""
+        return channels + cond_channels * (9 if stencil else 1)
+
+    def _inputs(self, context: torch.Tensor, cond: torch.Tensor, k: int) -> torch.Tensor:
+        c = flat(self.pyramid.ops.down(cond, k))
+        if not self.stencil:
+            return torch.cat([context, c], -1)
+        nb = getattr(self, f"neighbours{k}")
+        around = (c[:, nb] - c[:, :, None]).flatten(2)
+        return torch.cat([context, c, around], -1)
+
+    @staticmethod
+    def _no_label(cond: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(cond), dtype=torch.long, device=cond.device)
+
+    def loss(self, batch, generator: torch.Generator | None = None):
+        target, cond = batch
+        enc = self.encode(target)
+        inputs = torch.cat([self._inputs(c, cond, k) for k, c in enumerate(enc.contexts)], 1)
+        pred = self.head(self.refiner(inputs, self._no_label(cond)))
+        return self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))
+
+    def predict(self, state: dict, k: int, cond: torch.Tensor, own=None, visible=None) -> dict:
+        cond = cond.to(state["z"].device)
+        context = self._inputs(flat(self.pyramid.context(state["z"], k)), cond, k)
+        h = self._step(context, k, self._no_label(cond), state["cache"], own, visible)
+        return {"band": self.head(h)}

@@ -59,6 +59,12 @@ def _is_free(key: str, free) -> bool:
     return any(key == f or key.startswith(f + ".") for f in free)
 
 
+# settings newer than some checkpoints, with the value that does what those checkpoints' runs did:
+# a record without the key matches a run with that value
+ADDED_LATER = {"train.precision": "fp32", "train.compile": False, "train.compile_mode": "default",
+               "sample.precision": "fp32", "device": "auto", "model.quant_calibrate": False}
+
+
 def differences(recorded: dict, current: dict, free=FREE) -> list[tuple[str, object, object]]:
     """``(key, recorded value, current value)`` for every setting that differs, ``free`` aside."""
     a, b = flat(recorded), flat(current)
@@ -68,6 +74,8 @@ def differences(recorded: dict, current: dict, free=FREE) -> list[tuple[str, obj
         if _is_free(key, free):
             continue
         old, new = a.get(key, missing), b.get(key, missing)
+        if old is missing and key in ADDED_LATER and new == ADDED_LATER[key]:
+            continue
         if old != new:
             out.append((key, None if old is missing else old, None if new is missing else new))
     return out

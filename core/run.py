@@ -1,7 +1,8 @@
 """Command line: ``python -m core.run domain=<name> task=<train|sample|evaluate|all|…>``.
 
-``main`` only composes the config (hydra, ``version_base="1.3"``); ``run(cfg, run_dir)`` does the
-work and is what tests and scripts call. Every task writes into its run directory the composed
+The entry point and the task functions: ``main`` only composes the config (hydra,
+``version_base="1.3"``; the schema and its checks are ``core/config.py``); ``run(cfg, run_dir)``
+does the work and is what tests and scripts call; the model comes from ``core/build.py``. Every task writes into its run directory the composed
 ``config.yaml``, its artefacts and a ``metrics.json`` of flat numbers. Tasks the core does not
 know are handed to the domain (``c2f_run_task``).
 """
@@ -10,363 +11,44 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
-from contextlib import nullcontext
 import sys
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from hydra.errors import HydraException
-from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 from core import distributed
-from core.data import TensorData
-from core.determinism import set_deterministic
-from core.device import autocast, check_precision, grad_scaler, set_device, synchronize, to_device
-from core.device import current as current_device
-from core.grid import GridOps  # noqa: F401  (re-exported for domain authors)
-from core.io import atomic_path, remove_stale_temps, save_atomic, write_json_atomic
-from core.parts import keyed_folder
-from core.model import ScaleModel
-from core.plugins import (UnknownDomainError, available_domains, config_dirs, get_domain,
-                          missing_dependency)
-from core.pyramid import ResidualPyramid
-from core.quantizers import make_quantizer
-from core.refiner import ScaleTransformer
+from core.build import make_batch, build_model, load_data
 from core.compute import count_flops
+from core.config import (CONFIG_DIR, _is_sweep, _settings_of, _with_plugin_paths, compose_config,
+                         hydra_argv, validate_config)
+from core.determinism import set_deterministic
+from core.device import autocast, set_device, synchronize, to_device
+from core.device import current as current_device
 from core.errors import (ConfigError, DiskFullError, InputError, MissingFileError,  # noqa: F401
                          SettingsError, UserError)
+from core.io import atomic_path, remove_stale_temps, save_atomic, write_json_atomic
+from core.parts import keyed_folder
+from core.plugins import available_domains, get_domain, missing_dependency
 from core.protocol import Perturbable
-from core.provenance import flatten
-from core.records import (FREE, SAMPLING_FREE, RunLock, adopt, check_resume, explicit_keys, nearest,
+from core.records import (FREE, SAMPLING_FREE, RunLock, adopt, check_resume, explicit_keys,
                           recorded_config, stamp)
 from core.sampler import NoiseShift, from_config, generate, member_seed
-from core.targets import make_head
 from core.train import TrainConfig, load_checkpoint, load_weights, train
 
 log = logging.getLogger("c2f")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CORE_TASKS = ("train", "sample", "evaluate", "all")
 PIPELINE = ("train", "sample", "evaluate")
 
 
-
-
-# ---------------------------------------------------------------- config schema (core sections)
-@dataclass
-class ModelConfig:
-    variant: str = "laplacian"        # laplacian | var
-    target_state: str = "residual"    # residual (Laplacian bands) | full (Gaussian levels)
-    target: str = "index"             # index | bits | continuous
-    quantizer: str = "scalar"         # scalar | vq | identity
-    num_codes: int = 32
-    quant_lo: float = -1.0
-    quant_hi: float = 1.0
-    label_drop: float = 0.1
-    refine: bool = False              # train for within-scale refinement (sample.refine_rounds)
-    refine_share: float = 0.5         # share of training scales shown a partly masked copy of themselves
-
-
-@dataclass
-class RefinerConfig:
-    d_model: int = 128
-    layers: int = 2
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.0
-    mask: str = "block_causal"        # block_causal | markov
-
-
-@dataclass
-class TrainSection:
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema: float = 0.0
-    ema_warmup: bool = False
-    log_every: int = 25
-    ckpt_every: int = 200
-    resume: bool = False
-    extend: bool = False              # resume with a larger train.steps (the schedule is kept)
-    max_seconds: float = 0.0
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
-    compile: bool = False             # torch.compile the training forward pass
-    compile_mode: str = "default"     # default | reduce-overhead | max-autotune
-
-
-@dataclass
-class SampleConfig:
-    num_samples: int = 100
-    batch_size: int = 100
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    guidance: float = 0.0
-    guidance_schedule: str = "constant"  # constant | linear | interval
-    guidance_interval: list = field(default_factory=lambda: [0, -1])  # interval: first, last step
-    refine_rounds: int = 0               # within-scale refinement rounds per scale (model.refine)
-    refine_schedule: str = "cosine"      # cosine | linear: share of a scale re-predicted per round
-    refine_scales: Optional[list] = None  # scales to refine (0 = coarsest, -1 = finest); null: all
-    shift_scale: Optional[int] = None    # noise shift after this scale (0 = coarsest); null: none
-    shift_sigma: float = 0.0             # its size, relative to the clean state's per-channel std
-    max_redraws: int = 0                 # constrained draws (model.band_ok): redraws per scale
-    flops_samples: int = 4               # samples whose FLOPs are counted (0: none)
-    use_ema: bool = True                 # sample with the EMA weights when the checkpoint has them
-    precision: str = "fp32"              # fp32 | bf16 | fp16: autocast of the network passes
-
-
-@dataclass
-class Schema:
-    domain: Any = field(default_factory=dict)
-    task: str = "all"
-    seed: int = 0
-    progress: bool = True
-    checkpoint: Any = None
-    samples_path: Any = None
-    deterministic: bool = True        # bit-for-bit repeatable seeded runs (core.determinism)
-    device: str = "auto"              # auto | cpu | cuda | cuda:N | mps (core.device)
-    overrides: list = field(default_factory=list)  # the command line that composed this config
-    model: ModelConfig = field(default_factory=ModelConfig)
-    refiner: RefinerConfig = field(default_factory=RefinerConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-# (setting, smallest allowed value): sizes and counts a run cannot do without
-POSITIVE = (("train.steps", 1), ("train.batch_size", 1), ("train.log_every", 1), ("train.ckpt_every", 1),
-            ("sample.num_samples", 1), ("sample.batch_size", 1), ("refiner.d_model", 1),
-            ("refiner.layers", 1), ("refiner.heads", 1), ("model.num_codes", 2),
-            ("sample.refine_rounds", 0), ("sample.max_redraws", 0), ("sample.flops_samples", 0),
-            ("train.max_seconds", 0), ("train.lr", 0))
-
-
-def known_settings(cfg=None) -> list[str]:
-    """Every dotted setting name of the core schema (and of ``cfg``'s domain section)."""
-    names = [k for k in flatten(OmegaConf.to_container(OmegaConf.structured(Schema))) if k != "domain"]
-    if cfg is not None and "domain" in cfg:
-        names += [f"domain.{k}" for k in flatten(OmegaConf.to_container(cfg.domain, resolve=False))]
-    return names
-
-
-def _unknown_key_error(key: str, cfg=None) -> ConfigError:
-    guess = nearest(key, known_settings(cfg))
-    return ConfigError(f"unknown setting '{key}'" + (f"; did you mean '{guess}'?" if guess else
-                                                     "; see configs/config.yaml for the settings"))
-
-
-def validate_config(cfg: DictConfig) -> DictConfig:
-    """Check the core sections' keys, types and ranges; domain sections stay free-form."""
-    try:
-        schema = OmegaConf.structured(Schema)
-        body = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-        merged = OmegaConf.merge(schema, body)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        if type(e).__name__ == "ConfigKeyError" and key:
-            raise _unknown_key_error(str(key), cfg) from None
-        raise ConfigError(f"invalid config value{f' for {key}' if key else ''}: {e.msg.splitlines()[0]}") from None
-    if "name" not in merged.domain:
-        raise ConfigError("config has no domain.name; pick a domain with domain=<name>")
-    for key, least in POSITIVE:
-        value = OmegaConf.select(merged, key)
-        if value is not None and value < least:
-            raise ConfigError(f"{key}={value} is not allowed: it must be at least {least}")
-    check_precision(merged.train.precision, "train.precision")
-    check_precision(merged.sample.precision, "sample.precision")
-    if merged.train.compile_mode not in COMPILE_MODES:
-        raise ConfigError(f"train.compile_mode={merged.train.compile_mode} is not a torch.compile mode; "
-                          f"choose {', '.join(COMPILE_MODES)}")
-    return merged
-
-
-def compose_config(overrides: list[str] = ()) -> DictConfig:
-    """Compose and validate the config without hydra's run machinery (tests, notebooks)."""
-    from hydra import compose, initialize_config_dir
-
-    given = [str(o) for o in overrides]
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=_with_plugin_paths(given))
-    except HydraException as e:
-        raise _composition_error(e, given) from None
-    cfg = validate_config(cfg)
-    cfg.overrides = given
-    return cfg
-
-
-def _composition_error(e: Exception, overrides: list[str]) -> ConfigError:
-    """hydra's composition failure as one line: a misspelled setting gets the nearest name."""
-    text = str(e)
-    for o in overrides:
-        key = o.lstrip("+~").split("=", 1)[0]
-        if f"'{key}'" in text or f"Key '{key.rsplit('.', 1)[-1]}'" in text:
-            if "not in struct" in text or "Could not override" in text or "Could not append" in text:
-                try:  # the settings of the config without the misspelled one, domain's included
-                    rest = compose_config([x for x in overrides if x != o])
-                except (ConfigError, UnknownDomainError):
-                    rest = None
-                return _unknown_key_error(key, rest)
-            if "Could not find" in text:
-                break
-    return ConfigError(text.splitlines()[0] if text else type(e).__name__)
-
-
-def _domain_names(value: str) -> list[str]:
-    """The domains a ``domain=`` value names: one, or a multirun sweep (``a,b``, ``choice(a,b)``)."""
-    if "," not in value and "(" not in value:
-        return [value]
-    return [n for n in re.findall(r"[A-Za-z_][\w.-]*", value) if n not in ("choice", "glob", "range")]
-
-
-def _with_plugin_paths(overrides: list[str]) -> list[str]:
-    """``overrides`` and, last, hydra's search path to the config folders of installed plugins."""
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("domain=")]
-    for name in _domain_names(chosen[-1]) if chosen else []:
-        if name not in available_domains():
-            raise UnknownDomainError(
-                f"unknown domain '{name}'; available domains: {', '.join(available_domains())}")
-    extra = config_dirs()
-    if extra:
-        overrides = overrides + ["hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]"]
-    return overrides
-
-
-# hydra's command-line flags that take a value (hydra._internal.utils.get_args_parser)
-_VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
-                "--config-dir", "-cd", "--experimental-rerun")
-_INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
-
-
-def hydra_argv(argv: list[str]) -> tuple[list[str], list[str]]:
-    """(hydra's flags, the settings) of a command line, in any order. hydra's parser reads the
-    settings as one positional list, so the flags go first and the settings (with the plugins'
-    search path) after them: ``domain=x --cfg job`` and ``--cfg job domain=x`` both work."""
-    flags, settings, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in _VALUE_FLAGS and i + 1 < len(argv):
-            flags += argv[i: i + 2]
-            i += 2
-        elif arg in ("--info", "-i") and i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS:
-            flags += argv[i: i + 2]
-            i += 2
-        else:
-            (flags if arg.startswith("-") else settings).append(arg)
-            i += 1
-    return flags, settings
-
-
-# ---------------------------------------------------------------- building blocks
-def build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
-    model = domain.c2f_model(cfg=cfg, data=data)
-    if model is not None:
-        return model
-    ops = domain.c2f_scale_ops(cfg=cfg)
-    if ops is None:
-        raise NotImplementedError(f"domain '{domain.name}' implements neither c2f_model nor c2f_scale_ops")
-    tokenizer = domain.c2f_tokenizer(cfg=cfg)
-    channels = tokenizer.channels if tokenizer is not None else data.x.shape[1]
-    m = cfg.model
-    if tokenizer is not None:
-        check_tokenizer(tokenizer, ops, m)
-    quantizer = getattr(tokenizer, "quantizer", None)
-    if quantizer is None:
-        quantizer = make_quantizer(m.quantizer, channels, m.num_codes, len(ops.sizes),
-                                   lo=m.quant_lo, hi=m.quant_hi)
-    pyramid = ResidualPyramid(ops, quantizer, m.variant, m.target_state)
-    num_classes = int((domain.c2f_condition(cfg=cfg) or {}).get("num_classes", 0))
-    refiner = domain.c2f_refiner(cfg=cfg, in_channels=channels, num_scales=len(ops.sizes),
-                                 num_classes=num_classes)
-    if refiner is None:
-        positions = [ops.positions(k) for k in range(len(ops.sizes))]
-        refiner = ScaleTransformer(channels, positions, num_classes, **cfg.refiner,
-                                   own_channels=channels if m.refine else 0)
-    head = make_head(m.target, cfg.refiner.d_model, quantizer)
-    return ScaleModel(pyramid, refiner, head, channels, num_classes, tokenizer, m.label_drop,
-                      refine_share=m.refine_share if m.refine else 0.0)
-
-
-def check_tokenizer(tokenizer, ops, m):
-    """A tokenizer with a pyramid of its own (its codebook was trained on that pyramid's bands)
-    must agree with the model's: the same variant, target state, scales and up-sampling."""
-    own = getattr(tokenizer, "pyramid", None)
-    if own is None:
-        return
-    pairs = [("model.variant", m.variant, "variant", own.variant),
-             ("model.target_state", m.target_state, "target_state", getattr(own, "target_state", None)),
-             ("the scales of c2f_scale_ops", [tuple(s) for s in ops.sizes], "scales",
-              [tuple(s) for s in own.ops.sizes]),
-             ("the scale ops' up_mode", getattr(ops, "up_mode", None), "up_mode", getattr(own.ops, "up_mode", None))]
-    for model_key, value, tokenizer_key, recorded in pairs:
-        if value is not None and recorded is not None and value != recorded:
-            raise ConfigError(f"{model_key} is {value!r} but the tokenizer's pyramid has {tokenizer_key} "
-                              f"{recorded!r}: the model must code the latent with the pyramid the tokenizer "
-                              f"was trained on. Set {model_key} to {recorded!r} (or use a tokenizer trained "
-                              "with these settings)")
-
-
-def load_data(cfg, domain, split: str):
-    data = domain.c2f_load_data(cfg=cfg, split=split)
-    if data is None:
-        raise NotImplementedError(f"domain '{domain.name}' does not implement c2f_load_data")
-    return data
-
-
-def _collate(cfg, domain, data, indices):
-    batch = domain.c2f_collate(cfg=cfg, data=data, indices=indices)
-    if batch is not None:
-        return batch
-    if not isinstance(data, TensorData):
-        raise NotImplementedError(f"domain '{domain.name}' must implement c2f_collate for its data")
-    return data.x[indices], (data.cond[indices] if data.cond is not None else None)
-
-
 def _checkpoint_path(cfg, run_dir: Path) -> Path:
     return Path(cfg.checkpoint) if cfg.checkpoint else run_dir / "checkpoints" / "last.pt"
-
-
-def seconds_per_step(cfg, probe_steps: int = 3, warmup_steps: int = 1, timings: dict | None = None) -> float:
-    """Wall time of one training step of the model ``cfg`` builds, on its device, precision and
-    compile setting (after ``warmup_steps``, which also absorb compilation): plans a step count
-    for a wall-clock budget (``train.max_seconds`` has the last word) and measures devices.
-    ``timings``, if given, receives ``warmup_seconds`` (the warm-up steps' time)."""
-    cfg = validate_config(cfg)
-    domain = get_domain(cfg.domain.name)
-    device = set_device(cfg.device)
-    data = load_data(cfg, domain, "train")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, domain, data).train().to(device)
-    net = torch.compile(model) if cfg.train.compile else model
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    scaler = grad_scaler(device, cfg.train.precision)
-    batch = to_device(_collate(cfg, domain, data, torch.arange(cfg.train.batch_size) % len(data)), device)
-    times = []
-    for _ in range(probe_steps + warmup_steps):
-        t0 = time.perf_counter()
-        with autocast(device, cfg.train.precision):
-            loss, _ = net(batch, torch.Generator().manual_seed(0))
-        opt.zero_grad()
-        scaler.scale(loss.float()).backward()
-        scaler.step(opt)
-        scaler.update()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    if timings is not None:
-        timings["warmup_seconds"] = sum(times[:warmup_steps])
-    return sum(times[warmup_steps:]) / probe_steps
 
 
 # ---------------------------------------------------------------- tasks
@@ -376,7 +58,7 @@ def task_train(cfg, domain, run_dir: Path) -> dict:
     model = build_model(cfg, domain, data)
     tcfg = TrainConfig(**OmegaConf.to_container(cfg.train), seed=cfg.seed, progress=cfg.progress,
                        device=str(current_device()))
-    stats = train(model, len(data), lambda idx: _collate(cfg, domain, data, idx), tcfg, run_dir,
+    stats = train(model, len(data), lambda idx: make_batch(cfg, domain, data, idx), tcfg, run_dir,
                   record=stamp(cfg))
     stats["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return stats
@@ -418,7 +100,7 @@ def task_sample(cfg, domain, run_dir: Path) -> tuple[dict, Any]:
                               f"{type(model).__name__} (it has no calibrate_shift/perturb)")
         # the unit of sigma: clean states of a fixed, seeded subset of the training data
         index = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed))[:1000]
-        model.calibrate_shift(to_device(_collate(cfg, domain, data, index), device))
+        model.calibrate_shift(to_device(make_batch(cfg, domain, data, index), device))
 
     def draw(index, stats):
         c = cond[index]
@@ -638,22 +320,6 @@ def _run_tasks(cfg: DictConfig, domain, run_dir: Path) -> dict:
         log.info("metrics: %s", json.dumps(metrics, sort_keys=True, default=str))
     distributed.barrier()
     return metrics
-
-
-def _settings_of(argv: list[str]) -> list[str]:
-    """The setting overrides of a command line (no hydra flags or hydra.* settings)."""
-    return [a for a in argv if "=" in a and not a.startswith("-")
-            and not a.lstrip("+~").startswith("hydra.")]
-
-
-def _is_sweep(setting: str) -> bool:
-    """A multirun sweep (``key=a,b``, ``key=range(3)``, ``choice``/``glob``), not a list value."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        return OverridesParser.create().parse_override(setting).is_sweep_override()
-    except HydraException:
-        return False
 
 
 def _remove_if_empty(folder: Path):

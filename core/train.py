@@ -40,7 +40,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from core import distributed
-from core.device import autocast, check_precision, grad_scaler, to_cpu, to_device
+from core.device import autocast, check_precision, compile_module, grad_scaler, to_cpu, to_device
 from core.errors import InputError, MissingFileError, is_disk_full
 from core.io import atomic_path, save_atomic
 
@@ -174,7 +174,7 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         # each rank on its own GPU (device_ids), or the CPU (gloo)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:  # the parameters stay the model's: checkpoints have no compile prefixes
-        net = torch.compile(net, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+        net = compile_module(net, cfg.compile_mode)
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]

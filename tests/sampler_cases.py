@@ -85,10 +85,10 @@ def weather_case():
     """The weather model of a tiny synthetic store and the conditions of two training items."""
     from core.run import compose_config
     from domains.weather import fields as F
-    from domains.weather.plugin import c2f_model
+    from domains.weather.plugin import build_model
     cfg = compose_config(WEATHER)
     data = F.load_split(cfg, "train")
     torch.manual_seed(0)
-    model = c2f_model(cfg, data).eval()
+    model = build_model(cfg, data).eval()
     _, cond = data.batch([0, 1])
     return model, cond, dict(temperature=1.0)

@@ -180,7 +180,7 @@ def test_multirun_sweeps_with_the_flag_anywhere(tmp_path):
 
 
 def test_hydra_flags_go_before_the_settings():
-    from core.run import hydra_argv
+    from core.config import hydra_argv
 
     flags, settings = hydra_argv(["domain=x", "--cfg", "job", "train.steps=3", "-m", "--info", "searchpath"])
     assert flags == ["--cfg", "job", "-m", "--info", "searchpath"]

@@ -1,7 +1,6 @@
 """Devices, precision and compilation (all on the CPU): device selection with a faked GPU, the
 process-group backend, tensors on the configured device, bf16/fp16 training that resumes exactly,
 checkpoints that load on any device, compile, and the error for a missing domain extra."""
-import functools
 import json
 import os
 import subprocess
@@ -289,3 +288,16 @@ def test_the_extras_cover_every_domain():
     assert "coarse2fine[all]" in extras["test"]
     assert not any(d.startswith(("torch-geometric", "xarray", "networkx")) for d in project["dependencies"])
     assert json.dumps(extras)  # plain strings
+
+
+def test_compile_trains_the_graph_model_whose_loss_runs_numpy(tmp_path, monkeypatch):
+    """The graph loss builds its pyramids with numpy: compiled training runs it eagerly between
+    the compiled pieces (traced, it failed) and ends where eager training does."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend="eager"))
+    over = ["domain=graph", "progress=false", "domain.model.d_model=16", "domain.model.layers=1",
+            "domain.model.heads=2", "train.batch_size=4", "train.steps=2", "task=train", "device=cpu"]
+    eager = run(compose_config(over), tmp_path / "eager")
+    compiled = run(compose_config(over + ["train.compile=true"]), tmp_path / "compiled")
+    assert compiled["train_steps"] == 2
+    assert abs(compiled["final_loss"] - eager["final_loss"]) < 1e-4 * abs(eager["final_loss"])

@@ -30,7 +30,7 @@ def reference():
 
 def sample_section(**settings):
     """A ``sample`` config section with the defaults of ``core.run.SampleConfig``."""
-    from core.run import SampleConfig
+    from core.config import SampleConfig
     section = OmegaConf.structured(SampleConfig)
     names = {"schedule": "guidance_schedule"}
     for key, value in settings.items():

@@ -83,3 +83,24 @@ def test_bad_pyramid_settings_are_rejected():
         ResidualPyramid(GridOps([1, 2]), IdentityQuantizer(1), "pyramidal")
     with pytest.raises(ValueError, match="coarse to fine"):
         GridOps([4, 2])
+
+
+def test_quant_calibrate_sets_a_unit_per_scale_for_any_scalar_domain():
+    """model.quant_calibrate: the core calibrates the scalar quantiser on training bands (the
+    weather domain's setting, available to every data-space pyramid)."""
+    from core.errors import ConfigError
+    from core.plugins import get_domain
+    from core.build import build_model
+    from core.run import compose_config
+
+    domain = get_domain("digits")
+    cfg = compose_config(["domain=digits", "model.quant_calibrate=true"])
+    data = domain.c2f_load_data(cfg=cfg, split="train")
+    unit = build_model(cfg, domain, data).pyramid.quantizer.unit
+    assert unit.shape == (4, 1) and (unit > 0).all()
+    assert len(unit.unique()) == 4  # one unit per scale, from that scale's band sizes
+    plain = build_model(compose_config(["domain=digits"]), domain, data).pyramid.quantizer.unit
+    assert torch.equal(plain, torch.ones_like(plain))
+    with pytest.raises(ConfigError, match="needs the scalar quantiser"):
+        build_model(compose_config(["domain=digits", "model.quant_calibrate=true", "model.quantizer=vq"]),
+                    domain, data)

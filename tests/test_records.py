@@ -296,3 +296,14 @@ def test_uint8_and_out_of_range_images(tmp_path, shared_data):
     assert torch.allclose(_pixels(real), real.float() / 127.5 - 1)
     with pytest.raises(InputError, match="range over"):
         _pixels(real.float())
+
+
+def test_a_checkpoint_older_than_a_setting_matches_its_old_behaviour():
+    """A record without train.precision (written before it existed) trained in fp32: resuming it
+    at fp32 is no change, at bf16 it is; changing the device is always allowed."""
+    old = {"train": {"steps": 10}, "device": "cpu"}
+    assert differences(old, {"train": {"steps": 10, "precision": "fp32", "compile": False}, "device": "cuda"}) == []
+    assert differences(old, {"train": {"steps": 10, "precision": "bf16"}}) == [("train.precision", None, "bf16")]
+    check_resume(old, {"train": {"steps": 10, "precision": "fp32"}, "device": "auto"}, step=5)
+    with pytest.raises(SettingsError, match="train.precision"):
+        check_resume(old, {"train": {"steps": 10, "precision": "fp16"}}, step=5)

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from core.run import build_model, compose_config
+from core.build import build_model
+from core.run import compose_config
 from core.plugins import get_domain
 from core.train import TrainConfig, batch_indices, load_checkpoint, lr_at, train
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from domains.weather.data import Normalizer, WeatherDataError, channel_name, channels, load_fields, open_era5
-from domains.weather.model import FORCING_CHANNELS, forcings, lat_lon_of
+from domains.weather.forcing import FORCING_CHANNELS, forcings, lat_lon_of
 from domains.weather.sphere import HealpixOps, LatLonOps, Regridder
 from domains.weather.synthetic import ensure_synthetic
 

@@ -19,11 +19,7 @@ from core.device import current as current_device
 from core.hookspecs import hookimpl
 from core.train import load_weights
 from domains.weather import fields as F
-from domains.weather.model import build_weather_model
 from core.errors import MissingFileError
-
-CALIBRATION_EXAMPLES = 256
-
 
 @hookimpl
 def c2f_load_data(cfg, split):
@@ -31,13 +27,23 @@ def c2f_load_data(cfg, split):
 
 
 @hookimpl
-def c2f_model(cfg, data):
-    n = len(data)
-    pick = np.linspace(0, n - 1, min(n, CALIBRATION_EXAMPLES)).astype(int)
-    calibration = data.batch(pick)[0]
-    channels = data.fields.shape[1]
-    return build_weather_model(cfg, data.support.ops, channels, F.cond_channels(channels),
-                               calibration, stencil=bool(cfg.domain.stencil))
+def c2f_scale_ops(cfg, data):
+    return data.support.ops  # the sphere's scales, built on the store's grid
+
+
+@hookimpl
+def c2f_condition(cfg):
+    """The condition is a field: the state, the last increment and the forcings (``fields.py``)."""
+    channels = len(F.channel_list(cfg))
+    return {"field_channels": F.cond_channels(channels), "stencil": bool(cfg.domain.stencil)}
+
+
+def build_model(cfg, data):
+    """The core's model for ``data`` (what train, forecast and the benchmarks use)."""
+    from core.plugins import get_domain
+    from core.build import build_model as core_build_model
+
+    return core_build_model(cfg, get_domain("weather"), data)
 
 
 @hookimpl
@@ -62,7 +68,7 @@ def forecast(cfg, run_dir: Path) -> dict:
 
     train = F.load_split(cfg, "train")
     F.save_normalizer(train, run_dir)
-    model = load_weights(c2f_model(cfg, train), _checkpoint(cfg, run_dir)).to(current_device())
+    model = load_weights(build_model(cfg, train), _checkpoint(cfg, run_dir)).to(current_device())
     return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, bool(cfg.progress))
 
 

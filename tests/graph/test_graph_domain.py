@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.run import build_model, compose_config, run
+from core.build import build_model
+from core.run import compose_config, run
 from core.plugins import get_domain
 from core.sampler import Redraw, TokenScheduler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens

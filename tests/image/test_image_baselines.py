@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from core.data import TensorData
 from core.io import default_cache_dir, save_atomic
 from core.plugins import get_domain
-from core.run import ConfigError, build_model, compose_config, run
+from core.build import build_model
+from core.run import ConfigError, compose_config, run
 from core.sampler import Guidance, TokenScheduler, generate, member_seeds
 from domains.image import classifier as C
 from domains.image import plugin

@@ -162,7 +162,7 @@ def test_a_tokenizer_that_disagrees_with_the_model_is_refused(change, named):
 
     from core.errors import ConfigError
     from core.grid import GridOps
-    from core.run import check_tokenizer
+    from core.build import check_tokenizer
 
     tokenizer = VQTokenizer(channels=4, num_codes=8, scales=[1, 2, 3, 7], width=8, variant="var")
     model = SimpleNamespace(variant=change.get("variant", "var"), target_state="residual")

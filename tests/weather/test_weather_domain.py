@@ -9,7 +9,7 @@ import xarray as xr
 from core.run import compose_config, run
 from core.sampler import TokenScheduler, generate
 from domains.weather import fields as F
-from domains.weather.model import forcings
+from domains.weather.forcing import forcings
 
 TINY = ["domain=weather", "progress=false", "domain.synthetic.years=0.12",
         "domain.train_period=[2015-01-01,2015-01-31]", "domain.test_period=[2015-02-01,2015-02-14]",
@@ -30,8 +30,11 @@ def test_model_conditions_on_the_state_and_calls_once_per_scale(trained):
     cfg = compose_config(TINY)
     data = F.load_split(cfg, "train")
     torch.manual_seed(0)
-    from domains.weather.plugin import c2f_model
-    model = c2f_model(cfg, data).eval()
+    from domains.weather.plugin import build_model
+    model = build_model(cfg, data).eval()
+    from core.model import FieldScaleModel
+    from domains.weather import plugin
+    assert isinstance(model, FieldScaleModel) and not hasattr(plugin, "c2f_model")  # the core's builder
     target, cond = data.batch([0, 1])
     assert target.shape == (2, 3 * 2 - 1, 12 * 16) and cond.shape == (2, 2 * 5 + 3, 192)
     calls = []
@@ -51,8 +54,8 @@ def test_model_conditions_on_the_state_and_calls_once_per_scale(trained):
 def test_quantiser_units_follow_each_scale(trained):
     cfg = compose_config(TINY)
     data = F.load_split(cfg, "train")
-    from domains.weather.plugin import c2f_model
-    model = c2f_model(cfg, data)
+    from domains.weather.plugin import build_model
+    model = build_model(cfg, data)
     unit = model.pyramid.quantizer.unit
     assert unit.shape == (3, 5) and (unit > 0).all()
     target, _ = data.batch(np.arange(len(data)))
