@@ -12,6 +12,7 @@ import numpy as np
 from core.data import check_samples
 from core.grid import GridOps
 from core.hookspecs import hookimpl
+from core.plots import class_columns, pyplot
 from domains.digits.data import load_digits_split, to_pixels
 
 
@@ -57,13 +58,9 @@ def c2f_evaluate(cfg, samples, run_dir):
 
 @hookimpl
 def c2f_visualize(cfg, samples, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x, cond = samples["samples"], samples["cond"]
-    classes = sorted(set(cond.tolist()))
-    per_class = min(8, min(int((cond == c).sum()) for c in classes))
+    classes, per_class = class_columns(cond)
     fig, axes = plt.subplots(per_class, len(classes), figsize=(len(classes), per_class), squeeze=False)
     for j, c in enumerate(classes):
         imgs = x[cond == c][:per_class]

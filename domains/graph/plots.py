@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import math
 
-import matplotlib
+import networkx as nx
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import networkx as nx  # noqa: E402
+from core.plots import pyplot
+
+plt = pyplot()
 
 
 def _draw(ax, graph, title=None):

@@ -32,6 +32,7 @@ from core.device import current as current_device
 from core.errors import InputError, MissingFileError
 from core.grid import GridOps
 from core.hookspecs import hookimpl
+from core.plots import class_columns, pyplot
 from domains.image.classifier import default_cache_dir, load_or_train_classifier
 from domains.image.data import load_mnist, mnist_tensor_data, to_unit_range
 
@@ -249,13 +250,9 @@ def c2f_free_settings(cfg):
 
 @hookimpl
 def c2f_visualize(cfg, samples, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     x, cond = samples["samples"], samples["cond"]
-    classes = sorted(set(cond.tolist()))
-    per_class = min(8, min(int((cond == c).sum()) for c in classes))
+    classes, per_class = class_columns(cond)
     grid = torch.ones(len(classes), per_class, 30, 30)
     for j, c in enumerate(classes):
         grid[j, :, 1:29, 1:29] = x[cond == c][:per_class, 0].clamp(-1, 1) * 0.5 + 0.5

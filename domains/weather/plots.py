@@ -5,14 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
+from core.plots import pyplot
+
 
 def forecast_maps(truth: np.ndarray, members: np.ndarray, latitude, longitude, title: str,
                   path: Path, shown_members: int = 3) -> Path:
     """``truth`` [lat, lon] and ``members`` [M, lat, lon] of one channel, lead and init time."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     mean, spread = members.mean(0), members.std(0, ddof=1) if len(members) > 1 else 0 * members[0]
     panels = [("truth", truth), ("ensemble mean", mean)]
     panels += [(f"member {m}", members[m]) for m in range(min(shown_members, len(members)))]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from core.data import check_samples
 from core.hookspecs import hookimpl
+from core.plots import pyplot
 from c2f_signals.data import SHAPES, load_split
 
 
@@ -131,10 +132,7 @@ def c2f_evaluate(cfg, samples, run_dir):
 
 @hookimpl
 def c2f_visualize(cfg, samples, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()  # matplotlib, headless
     x, cond = samples["samples"], samples["cond"]
     real = _split(cfg, "test")
     fig, axes = plt.subplots(1, len(SHAPES), figsize=(3 * len(SHAPES), 2.4), sharey=True)
