@@ -27,7 +27,9 @@ The protocol (each point is a mechanism of the core, so every benchmark can use 
   (``torch.utils.flop_counter``) and seconds per sample, from each sample task's ``metrics.json``.
 * **Provenance:** every piece (tokenizer, training run, sample+evaluate) lives in its own folder
   with ``provenance.json`` (config hash, commit); a piece is reused only when its config hash
-  matches, and a mismatch is refused (``core.provenance``). Every row names its piece.
+  matches, and a mismatch is refused (``core.provenance``). Every row names its piece. Scores
+  also carry the fingerprint of the judge that made them; when the judge changes they are
+  redone from the saved samples (the samples stand: their config has not changed).
 * **Spread:** with several ``--seeds`` (tokenizer and models retrained per seed), the headline rows
   are scored for every seed and reported as mean and range; settings are chosen on the first seed.
 
@@ -85,11 +87,24 @@ class Bench:
         self.out_of_time = False
         self.weights = {}  # model -> "ema" | "raw", chosen on val (choose_weights)
 
-    def piece(self, folder: Path, config: dict, make):
-        """Reuse ``folder``'s metrics if its provenance matches ``config``; else make them."""
+    @property
+    def judge(self) -> str:
+        """The fingerprint of the judge that scores (``judge_fingerprint``): scores by another are
+        redone from their saved samples."""
+        if not hasattr(self, "_judge"):
+            from domains.image.classifier import judge_fingerprint, load_or_train_classifier
+            model, _ = load_or_train_classifier(self.args.data_dir, seed=0, progress=not self.args.quiet)
+            self._judge = judge_fingerprint(model)
+        return self._judge
+
+    def piece(self, folder: Path, config: dict, make, rescore=None):
+        """Reuse ``folder``'s metrics if its provenance matches ``config``; else make them.
+        ``rescore()`` (pieces scored by the judge) evaluates the piece's saved samples again: it
+        runs instead of ``make`` when only the judge changed."""
         record = check_piece(folder, config)  # refuses a folder made with another config
         done = _load(folder / "metrics.json")
-        if record is not None and done is not None:
+        fresh = done is not None and (rescore is None or done.get("judge") == self.judge)
+        if record is not None and fresh:
             return {**done, "provenance": provenance_label(record), "config_hash": record["config_hash"],
                     "piece": str(folder)}
         if self.args.report_only:
@@ -97,8 +112,14 @@ class Bench:
         if self.out_of_time or (self.deadline and time.time() > self.deadline):
             self.out_of_time = True
             raise OutOfTime
-        record = record_piece(folder, config)
-        metrics = make()
+        if record is not None and done is not None:  # the samples stand; the judge is new
+            say(f"scoring {folder} again with judge {self.judge}")
+            metrics = {**done, **rescore(), "judge": self.judge}
+        else:
+            record = record_piece(folder, config)
+            metrics = make()
+            if rescore is not None:
+                metrics["judge"] = self.judge
         write_json_atomic(metrics, folder / "metrics.json")
         return {**metrics, "provenance": provenance_label(record), "config_hash": record["config_hash"],
                 "piece": str(folder)}
@@ -120,7 +141,7 @@ class Bench:
     def tokenizer(self, seed: int) -> tuple[Path, dict]:
         folder = self.out / f"tokenizer_s{seed}"
         over = self.base(seed) + ["task=train_tokenizer"]
-        m = self.piece(folder, {"piece": "tokenizer", "overrides": self.hashed(over)},
+        m = self.piece(folder, {"piece": "tokenizer", "overrides": self.hashed(over), "trainer": "core.train"},
                        lambda: (say(f"tokenizer, seed {seed}"), run(compose_config(over), folder))[1])
         return folder / "tokenizer.pt", m
 
@@ -177,14 +198,17 @@ class Bench:
         config = {"piece": "score", "overrides": self.hashed(over), "model": trained["config_hash"]}
         ckpt = Path(trained["piece"]) / "checkpoints" / "last.pt"
 
+        def evaluate():
+            return run(compose_config(over + ["task=evaluate",
+                                              f"samples_path={folder / 'sample' / 'samples.pt'}"]),
+                       folder / "evaluate")
+
         def make():
             say(f"{model} s{seed} {split}: {name}")
             m = run(compose_config(over + ["task=sample", f"checkpoint={ckpt}"]), folder / "sample")
-            m.update(run(compose_config(over + ["task=evaluate",
-                                                f"samples_path={folder / 'sample' / 'samples.pt'}"]),
-                         folder / "evaluate"))
+            m.update(evaluate())
             return m
-        m = self.piece(folder, config, make)
+        m = self.piece(folder, config, make, rescore=evaluate)
         if m is None:
             return None
         return {"model": model, "seed": seed, "split": split, "setting": name, "sample": setting,
@@ -211,7 +235,11 @@ def ceilings(b: Bench, seed: int, tok_piece) -> list[dict]:
         config = {"piece": "ceiling", "name": name, "overrides": b.hashed(over),
                   "tokenizer": tok_m["config_hash"] if name == "tokenizer-recon" else None}
 
-        def make(name=name, folder=folder, over=over):
+        def evaluate(folder=folder, over=over):
+            return run(compose_config(over + ["task=evaluate", f"samples_path={folder / 'samples.pt'}"]),
+                       folder / "evaluate")
+
+        def make(name=name, folder=folder, over=over, evaluate=evaluate):
             say(f"{name}, seed {seed}")
             cfg = compose_config(over)
             val = get_domain("image").c2f_load_data(cfg=cfg, split="val")
@@ -223,9 +251,8 @@ def ceilings(b: Bench, seed: int, tok_piece) -> list[dict]:
             path = folder / "samples.pt"
             folder.mkdir(parents=True, exist_ok=True)
             _torch.save({"samples": x, "cond": cond}, path)
-            m = run(compose_config(over + ["task=evaluate", f"samples_path={path}"]), folder / "evaluate")
-            return {**m, "nfe": 0, "seconds_per_sample": 0.0, "samples": len(x)}
-        m = b.piece(folder, config, make)
+            return {**evaluate(), "nfe": 0, "seconds_per_sample": 0.0, "samples": len(x)}
+        m = b.piece(folder, config, make, rescore=evaluate)
         if m is not None:
             rows.append({"model": "tokenizer" if name == "tokenizer-recon" else "real", "seed": seed,
                          "split": "test", "setting": name, "sample": [],

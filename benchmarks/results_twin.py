@@ -24,7 +24,7 @@ def _cells(line: str) -> list[str]:
 
 def twin(page: Path) -> dict:
     lines = page.read_text().splitlines()
-    command = next((m.group(1) for ln in lines if (m := re.match(r"Command: `(.+)`", ln))), None)
+    command = next((m.group(1) for ln in lines if (m := re.match(r"Command: `(.+?)`", ln))), None)
     tables, heading, i = [], None, 0
     while i < len(lines):
         if lines[i].startswith("#"):

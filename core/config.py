@@ -21,6 +21,7 @@ from core.errors import ConfigError
 from core.plugins import UnknownDomainError, available_domains, config_dirs
 from core.provenance import flatten
 from core.records import nearest
+from core.train import TrainSection
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -48,27 +49,6 @@ class RefinerConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     mask: str = "block_causal"        # block_causal | markov
-
-
-@dataclass
-class TrainSection:
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema: float = 0.0
-    ema_warmup: bool = False
-    log_every: int = 25
-    ckpt_every: int = 200
-    resume: bool = False
-    extend: bool = False              # resume with a larger train.steps (the schedule is kept)
-    max_seconds: float = 0.0
-    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with loss scaling)
-    compile: bool = False             # torch.compile the training forward pass
-    compile_mode: str = "default"     # default | reduce-overhead | max-autotune
 
 
 @dataclass

@@ -46,28 +46,36 @@ from core.io import atomic_path, save_atomic
 
 
 @dataclass
-class TrainConfig:
+class TrainSection:
+    """The ``train:`` section of the config (``core.config`` checks it)."""
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.05
-    betas: tuple = (0.9, 0.95)
     warmup: int = 50
     min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0    # 0 disables
     ema: float = 0.0          # 0 disables; else the EMA decay, used for sampling
     ema_warmup: bool = False  # decay min(ema, (1 + s) / (10 + s)) at step s, as diffusers' EMAModel
     log_every: int = 25
     ckpt_every: int = 200
-    seed: int = 0
-    progress: bool = True
     resume: bool = False
     extend: bool = False      # resuming with more steps: the first planned steps keep their schedule
     max_seconds: float = 0.0  # wall-clock training budget, summed over resumes; 0 = none
-    device: str = "cpu"       # a torch device (core.device resolves the ``device`` setting)
     precision: str = "fp32"   # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
     compile: bool = False     # run the forward pass through torch.compile
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead | max-autotune
+
+
+@dataclass
+class TrainConfig(TrainSection):
+    """What ``train`` reads: the section plus what the run decides (seed, progress, device) and
+    AdamW's betas (the tokenizer and the judge use torch's default (0.9, 0.999))."""
+    betas: tuple = (0.9, 0.95)
+    seed: int = 0
+    progress: bool = True
+    device: str = "cpu"       # a torch device (core.device resolves the ``device`` setting)
+    desc: str = "train"       # the progress bar's label
 
 
 def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
@@ -175,9 +183,13 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:  # the parameters stay the model's: checkpoints have no compile prefixes
         net = compile_module(net, cfg.compile_mode)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+    # weight decay on matrices, not on biases and norms, nor on what the model names in
+    # ``no_weight_decay()`` (timm's convention; a codebook, say)
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
+    decay = [p for n, p in named if p.ndim >= 2 and n not in skip]
+    no_decay = [p for n, p in named if p.ndim < 2 or n in skip]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=tuple(cfg.betas))
     ema = copy.deepcopy(model).requires_grad_(False) if cfg.ema > 0 else None
@@ -217,7 +229,7 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
     done, seconds, stopped = start, spent, exhausted
     t0, logs, last_loss = clock(), {}, float("nan")
     bar = tqdm(range(start, start if exhausted else cfg.steps), initial=start, total=cfg.steps,
-               disable=not (cfg.progress and main), desc="train", dynamic_ncols=True)
+               disable=not (cfg.progress and main), desc=cfg.desc, dynamic_ncols=True)
     for step in bar:
         seed = step_seed(cfg.seed, step) if world == 1 else step_seed(cfg.seed * 7_777 + rank, step)
         torch.manual_seed(seed)

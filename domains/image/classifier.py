@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from core.io import CACHE_ENV, default_cache_dir, save_atomic
 from domains.image.data import load_mnist, to_unit_range
@@ -24,10 +23,10 @@ from domains.image.data import load_mnist, to_unit_range
 log = logging.getLogger("c2f")
 
 __all__ = ["LeNet", "FEATURE_DIM", "CACHE_ENV", "default_cache_dir", "classifier_cache_path",
-           "train_classifier", "evaluate_accuracy", "load_or_train_classifier"]
+           "train_classifier", "evaluate_accuracy", "load_or_train_classifier", "judge_fingerprint"]
 
 FEATURE_DIM = 128
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: trained with core.train (1: its own loop)
 
 
 class LeNet(nn.Module):
@@ -74,11 +73,12 @@ def _random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int) -
     """Translate each image by an integer offset in [-max_shift, max_shift]^2 (background fill)."""
     n, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 1, h, w + 2 * max_shift)
+    # drawn on the (CPU) generator, then moved: the same shifts on every device
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None].expand(n, 1, h, w + 2 * max_shift)
     out = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 1, h, w)
+    cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :].expand(n, 1, h, w)
     return out.gather(3, cols)
 
 
@@ -96,20 +96,40 @@ def evaluate_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tens
     return correct / max(len(images), 1)
 
 
-def train_classifier(data_dir, seed: int = 0, epochs: int = 2, batch_size: int = 128,
-                     lr: float = 2e-3, augment: bool = True, limit: int | None = None,
-                     max_steps: int | None = None, progress: bool = True,
-                     device="cpu") -> tuple[LeNet, float]:
-    """Train :class:`LeNet` on MNIST train; return ``(model in eval mode, test accuracy)``.
+class ClassifierObjective(nn.Module):
+    """The judge's training loss in the trainer's form: cross-entropy on a batch ``(images,
+    labels)``, each image shifted by up to ``max_shift`` pixels (drawn on the step's generator)."""
 
-    Seeded: the weights, the data order and the augmentation all follow ``seed``. Adam with a
-    one-cycle learning-rate schedule; ``augment`` adds random shifts of up to 2 pixels.
-    ``limit`` trains on the first ``limit`` training images and ``max_steps`` stops early (both
-    for quick checks); the accuracy is always measured on the full 10,000-image test set.
-    The network and each batch go to ``device``; the data order and shifts are drawn on the CPU.
+    def __init__(self, net: LeNet, max_shift: int = 2):
+        super().__init__()
+        self.net, self.max_shift = net, max_shift
+
+    def forward(self, batch, generator: torch.Generator | None = None):
+        x, y = batch
+        if self.max_shift > 0:
+            x = _random_shift(x, generator, self.max_shift)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"accuracy": float((logits.argmax(1) == y).float().mean())}
+
+
+def train_classifier(data_dir, run_dir, seed: int = 0, epochs: int = 2, batch_size: int = 128,
+                     lr: float = 2e-3, augment: bool = True, limit: int | None = None,
+                     max_steps: int | None = None, progress: bool = True, device="cpu",
+                     ckpt_every: int = 200, on_step=None) -> tuple[LeNet, float]:
+    """Train :class:`LeNet` on MNIST train with ``core.train.train`` in ``run_dir``; return
+    ``(model in eval mode, test accuracy)``.
+
+    The trainer's seed discipline, checkpoints and log apply: the weights follow ``seed`` and the
+    data order and shifts follow (``seed``, step), so a killed training resumes from its last
+    checkpoint on the next call with the same arguments. Adam (AdamW without weight decay), 15 %
+    linear warm-up, cosine decay to 1 % of ``lr``; ``augment`` adds random shifts of up to 2
+    pixels. ``limit`` trains on the first ``limit`` training images and ``max_steps`` stops early
+    (both for quick checks); the accuracy is always measured on the full 10,000-image test set.
     """
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    from core.errors import InputError
+    from core.train import TrainConfig, load_checkpoint, train
+
     images, labels = load_mnist(data_dir, "train")
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
@@ -117,36 +137,40 @@ def train_classifier(data_dir, seed: int = 0, epochs: int = 2, batch_size: int =
     test_images, test_labels = load_mnist(data_dir, "test")
     x_test = to_unit_range(test_images).unsqueeze(1)
 
-    model = LeNet().to(device)
     steps_per_epoch = math.ceil(len(x_train) / batch_size)
     total = epochs * steps_per_epoch if max_steps is None else min(max_steps, epochs * steps_per_epoch)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=max(total, 1),
-                                                   pct_start=0.15)
-    model.train()
-    bar = tqdm(total=total, desc="MNIST classifier", disable=not progress, leave=False)
-    step = 0
-    while step < total:
-        order = torch.randperm(len(x_train), generator=generator)
-        for i in range(0, len(order), batch_size):
-            if step >= total:
-                break
-            idx = order[i:i + batch_size]
-            xb, yb = x_train[idx], labels[idx]
-            if augment:
-                xb = _random_shift(xb, generator, 2)
-            loss = F.cross_entropy(model(xb.to(device)), yb.to(device))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            step += 1
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
+    total = max(total, 1)
+    cfg = TrainConfig(steps=total, batch_size=batch_size, lr=lr, weight_decay=0.0, betas=(0.9, 0.999),
+                      warmup=max(1, round(0.15 * total)), min_lr_ratio=0.01, grad_clip=0.0,
+                      log_every=50, ckpt_every=ckpt_every, seed=seed, progress=progress,
+                      device=str(device), desc="MNIST judge")
+    identity = {"version": _CACHE_VERSION, "images": len(x_train), "augment": augment, "steps": total,
+                "batch_size": batch_size, "lr": lr, "seed": seed}
+    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+    if ckpt.is_file():
+        if load_checkpoint(ckpt).get("judge_run") != identity:
+            raise InputError(f"{run_dir} holds a judge checkpoint of another run: use another "
+                             "folder, or delete it to train from scratch")
+        cfg.resume = True
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LeNet()
+        train(ClassifierObjective(model, 2 if augment else 0), len(x_train),
+              lambda idx: (x_train[idx], labels[idx]), cfg, run_dir, on_step=on_step,
+              record={"judge_run": identity})
     model.eval()
     return model, evaluate_accuracy(model, x_test, test_labels)
+
+
+def judge_fingerprint(model: LeNet) -> str:
+    """A short hash of the judge's weights: metrics scored by another judge are told apart."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def data_fingerprint(data_dir) -> str:
@@ -189,7 +213,8 @@ def load_or_train_classifier(data_dir, cache_dir=None, seed: int = 0, progress: 
     start = time.perf_counter()
     log.info("training the MNIST judge classifier (seed %d, 2 epochs: about 30 s on 2 CPU cores); "
              "it is cached in %s", seed, path)
-    model, accuracy = train_classifier(data_dir, seed=seed, progress=progress, device=device)
+    model, accuracy = train_classifier(data_dir, path.with_suffix(".run"), seed=seed, progress=progress,
+                                       device=device)
     save_atomic({"version": _CACHE_VERSION, "seed": seed, "test_accuracy": accuracy, "data": fingerprint,
                   "train_seconds": time.perf_counter() - start,
                   "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, path)

@@ -101,7 +101,8 @@ def _tokenizer_settings(cfg) -> dict:
 
 def tokenizer_cache_path(cfg) -> Path:
     """Cached tokenizer for these settings and data (a hash of both)."""
-    key = {"settings": _tokenizer_settings(cfg), "data": str(_data_dir(cfg)), "seed": cfg.seed}
+    key = {"settings": _tokenizer_settings(cfg), "data": str(_data_dir(cfg)), "seed": cfg.seed,
+           "trainer": "core.train"}  # tokenizers of the earlier, separate loop are not reused
     if _val_size(cfg):  # trained without the val images (0 keeps the earlier cache names)
         key["val_size"] = _val_size(cfg)
     key = json.dumps(key, sort_keys=True)
@@ -109,7 +110,9 @@ def tokenizer_cache_path(cfg) -> Path:
     return default_cache_dir() / f"mnist_tokenizer_{digest}.pt"
 
 
-def train_and_save_tokenizer(cfg, path: Path) -> dict:
+def train_and_save_tokenizer(cfg, path: Path, run_dir: Path | None = None) -> dict:
+    """Train the tokenizer of ``cfg`` in ``run_dir`` (default: ``path`` with the suffix ``.run``),
+    where a killed training resumes, and write it to ``path``."""
     from domains.image.tokenizer import VQTokenizer, save_tokenizer, train_tokenizer
 
     settings = _tokenizer_settings(cfg)
@@ -120,7 +123,8 @@ def train_and_save_tokenizer(cfg, path: Path) -> dict:
     log.info("training the image tokenizer (%d steps on %s; the default 2000 took 323 s on 2 CPU "
              "cores in benchmarks/mnist.py); it is cached in %s", train_kw.get("steps", 2000),
              current_device(), path)
-    metrics = train_tokenizer(model, data.x, seed=cfg.seed, progress=cfg.progress,
+    run_dir = Path(path).with_suffix(".run") if run_dir is None else Path(run_dir)
+    metrics = train_tokenizer(model, data.x, run_dir, seed=cfg.seed, progress=cfg.progress,
                               device=current_device(), **train_kw)
     save_tokenizer(model, path)
     return metrics
@@ -273,7 +277,7 @@ def c2f_run_task(cfg, task, run_dir):
     if task != "train_tokenizer":
         return None
     path = Path(run_dir) / "tokenizer.pt"
-    metrics = train_and_save_tokenizer(cfg, path)
+    metrics = train_and_save_tokenizer(cfg, path, Path(run_dir))
     out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     for k, v in enumerate(metrics.get("band_mse", [])):
         out[f"recon_mse/bands{k + 1}"] = float(v)

@@ -22,8 +22,6 @@ The core's ``ScaleModel`` uses a trained tokenizer frozen: ``tokenizer.encode`` 
 """
 from __future__ import annotations
 
-import math
-import time
 from pathlib import Path
 
 import torch
@@ -278,39 +276,69 @@ def evaluate_tokenizer(model: VQTokenizer, images: torch.Tensor, batch_size: int
     return out
 
 
-def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+class TokenizerObjective(nn.Module):
+    """The tokenizer's training loss in the trainer's form, ``forward(batch, generator) -> (loss,
+    logs)``; the codebook gets no weight decay."""
+
+    def __init__(self, tokenizer: VQTokenizer, **loss_weights):
+        super().__init__()
+        self.tokenizer, self.loss_weights = tokenizer, loss_weights
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, _ in self.named_parameters() if "codebook" in n}
+
+    def forward(self, batch: torch.Tensor, generator: torch.Generator | None = None):
+        _, losses = self.tokenizer(batch, generator=generator, **self.loss_weights)
+        return losses["loss"], {k: float(v.detach()) for k, v in losses.items() if k != "loss"}
 
 
-def train_tokenizer(model: VQTokenizer, images: torch.Tensor, steps: int = 2000, batch_size: int = 64,
-                    lr: float = 2e-3, seed: int = 0, progress: bool = True, log_fn=None,
-                    log_every: int = 50, eval_images: torch.Tensor | None = None, eval_size: int = 1000,
-                    l1_weight: float = 0.0, vq_weight: float = 1.0, partial_weight: float = 0.5,
-                    partial_bias: float = 1.0, weight_decay: float = 1e-4,
-                    warmup: int = 50, init_batch: int = 256, device="cpu") -> dict:
-    """Train the tokenizer on images [N, 1, 28, 28] in [-1, 1]; return its final metrics.
-    The network and each batch go to ``device`` (the draws stay on the CPU generator).
+def train_tokenizer(model: VQTokenizer, images: torch.Tensor, run_dir, steps: int = 2000,
+                    batch_size: int = 64, lr: float = 2e-3, seed: int = 0, progress: bool = True,
+                    log_every: int = 50, ckpt_every: int = 200, eval_images: torch.Tensor | None = None,
+                    eval_size: int = 1000, l1_weight: float = 0.0, vq_weight: float = 1.0,
+                    partial_weight: float = 0.5, partial_bias: float = 1.0, weight_decay: float = 1e-4,
+                    warmup: int = 50, init_batch: int = 256, device="cpu", on_step=None) -> dict:
+    """Train the tokenizer on images [N, 1, 28, 28] in [-1, 1] with ``core.train.train`` in
+    ``run_dir``; return its final metrics.
 
-    Seeded: batch order, codebook k-means and dead-code restarts come from ``seed`` (the global RNG
-    is forked, so the caller's random state is untouched). AdamW with linear warm-up and cosine
-    decay to a tenth of ``lr``; no weight decay on the codebook and norms. ``log_fn(step, logs)``
-    receives flat floats every ``log_every`` steps. The loss is image MSE + ``vq_weight`` x VQ loss
-    + ``partial_weight`` x MSE of images decoded from their first k < K bands (see
+    The trainer's seed discipline, checkpoints, log (``run_dir/train_log.jsonl``) and progress
+    bar apply: a run killed after a checkpoint resumes from it on the next call with the same
+    arguments and ends with the parameters of an uninterrupted run (a checkpoint made with other
+    arguments is refused). The codebook starts from k-means on ``init_batch`` images drawn with
+    ``seed``; the global RNG is forked, so the caller's random state is untouched. AdamW (torch's
+    betas) with linear warm-up and cosine decay to a tenth of ``lr``; no weight decay on the
+    codebook, biases and norms; no gradient clipping. The loss is image MSE + ``vq_weight`` x VQ
+    loss + ``partial_weight`` x MSE of images decoded from their first k < K bands (see
     ``VQTokenizer.forward``) + optionally ``l1_weight`` x L1. Metrics are measured on
-    ``eval_images`` (default: the first ``eval_size`` training images): ``recon_mse``, ``band_mse`` (list over k bands),
-    ``codes_used/scale{k}``, ``perplexity/scale{k}``, plus ``initial_recon_mse`` (after the
-    codebook initialisation, before any step), ``final_loss`` and ``train_seconds``.
+    ``eval_images`` (default: the first ``eval_size`` training images): ``recon_mse``,
+    ``band_mse`` (list over k bands), ``codes_used/scale{k}``, ``perplexity/scale{k}``, plus
+    ``initial_recon_mse`` (after the codebook initialisation, before any step), ``final_loss``,
+    ``steps`` and ``train_seconds`` (summed over resumes).
     """
-    from tqdm.auto import tqdm
+    from core.errors import InputError
+    from core.train import TrainConfig, load_checkpoint, train
 
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(f"train_tokenizer expects images [N, 1, 28, 28], got {tuple(images.shape)}")
     if steps < 0 or batch_size < 1:
         raise ValueError(f"need steps >= 0 and batch_size >= 1, got {steps}, {batch_size}")
     images = images.float()
+    weights = {"l1_weight": l1_weight, "vq_weight": vq_weight, "partial_weight": partial_weight,
+               "partial_bias": partial_bias}
+    # what the run is: a checkpoint of another run in the same folder is refused, not continued
+    identity = {"tokenizer": dict(model.config), "images": len(images), "init_batch": init_batch,
+                "loss": weights}
+    cfg = TrainConfig(steps=max(steps, 1), batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                      betas=(0.9, 0.999), warmup=warmup, min_lr_ratio=0.1, grad_clip=0.0,
+                      log_every=log_every, ckpt_every=ckpt_every, seed=seed, progress=progress,
+                      device=str(device), desc="tokenizer")
+    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
+    if ckpt.is_file():
+        stored = load_checkpoint(ckpt).get("tokenizer_run")
+        if stored != {**identity, "train": _plain(cfg)}:
+            raise InputError(f"{run_dir} holds a tokenizer checkpoint of another run (other settings, "
+                             "data or seed): use another folder, or delete it to train from scratch")
+        cfg.resume = True
     eval_x = (images[:eval_size] if eval_images is None else eval_images.float()).to(device)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -320,41 +348,24 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, steps: int = 2000,
                             generator=gen)
         model.eval()
         initial = model.reconstruction_by_band(eval_x)[-1]
-
-        decay, no_decay = [], []
-        for name, p in model.named_parameters():
-            (decay if p.ndim > 1 and "codebook" not in name else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-        model.train()
         model.quantizer.reset_usage()
-        order, pos = torch.randperm(len(images), generator=gen), 0
-        start, last = time.perf_counter(), {}
-        bar = tqdm(range(steps), desc="tokenizer", disable=not progress, leave=False)
-        for step in bar:
-            if pos + batch_size > len(order):
-                order, pos = torch.randperm(len(images), generator=gen), 0
-            batch = images[order[pos:pos + batch_size]].to(device)
-            pos += batch_size
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, steps, lr, warmup)
-            _, losses = model(batch, l1_weight=l1_weight, vq_weight=vq_weight,
-                              partial_weight=partial_weight, partial_bias=partial_bias, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            last = {k: float(v.detach()) for k, v in losses.items()}
-            if step % 10 == 0:
-                bar.set_postfix(recon=f"{last['recon']:.4f}", vq=f"{last['vq']:.4f}")
-            if log_fn is not None and (step % log_every == 0 or step == steps - 1):
-                log_fn(step, {**last, "lr": opt.param_groups[0]["lr"]})
-        bar.close()
-        seconds = time.perf_counter() - start
+        stats = {"train_seconds": 0.0, "final_loss": float("nan")}
+        if steps > 0:
+            stats = train(TokenizerObjective(model, **weights), len(images), lambda idx: images[idx],
+                          cfg, run_dir, on_step=on_step,
+                          record={"tokenizer_run": {**identity, "train": _plain(cfg)}})
         model.eval()
         metrics = evaluate_tokenizer(model, eval_x)
-    metrics.update({"initial_recon_mse": initial, "final_loss": last.get("loss", float("nan")),
-                    "steps": int(steps), "train_seconds": seconds})
+    metrics.update({"initial_recon_mse": initial, "final_loss": stats["final_loss"],
+                    "steps": int(steps), "train_seconds": stats["train_seconds"]})
     return metrics
+
+
+def _plain(cfg) -> dict:
+    """The settings of a training run that shape its trajectory (not where or how chatty)."""
+    keep = ("steps", "batch_size", "lr", "weight_decay", "betas", "warmup", "min_lr_ratio",
+            "grad_clip", "seed")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(cfg).items() if k in keep}
 
 
 def save_tokenizer(model: VQTokenizer, path) -> Path:

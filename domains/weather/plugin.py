@@ -3,7 +3,7 @@
 ``python -m core.run domain=weather`` trains the one-step model (core trainer, examples from
 ``fields.py``), forecasts the held-out period (``task=forecast``, also the ``sample`` step of
 ``task=all``) and scores it WeatherBench2's way against the truth and against persistence and
-climatology (``task=evaluate``).
+climatology, and on the built-in store against its exact limit (``oracle.py``; ``task=evaluate``).
 """
 from __future__ import annotations
 
@@ -93,8 +93,23 @@ def evaluate(cfg, run_dir: Path) -> dict:
         "climatology_ensemble": S.climatology_forecast(train_truth, init, leads,
                                                        members=int(fc.sizes["number"])),
     }
+    from domains.weather.oracle import LinearStoreOracle, gaussian_crps, store_settings
+
+    exact = None
+    settings = store_settings(F.store_path(cfg))
+    if settings is not None:  # the built-in linear store: its exact limit scores too
+        oracle = LinearStoreOracle(settings)
+        variables = list(fc.data_vars)
+        models["oracle"] = _on_levels(oracle.ensemble(init, leads, int(fc.sizes["number"]),
+                                                      seed=int(cfg.seed), variables=variables), fc)
+        mean, std = oracle.gaussian(init, leads, variables=variables)
+        if mean.data_vars:
+            exact = gaussian_crps(_on_levels(mean, fc), _on_levels(std, fc), truth)
     scores = {name: S.score(ds, truth) for name, ds in models.items()}
     metrics: dict = {}
+    if exact is not None:
+        table = exact.expand_dims(metric=["crps"])
+        metrics.update({f"oracle_exact/{k}": v for k, v in S.flatten_scores(table).items()})
     for name, table in scores.items():
         flat = S.flatten_scores(table)
         metrics.update(flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()})
@@ -118,6 +133,13 @@ def evaluate(cfg, run_dir: Path) -> dict:
                   f"{e.map_channel}, init {pd.Timestamp(init[0]):%Y-%m-%d %H}UTC, "
                   f"lead {lead / np.timedelta64(1, 'h'):g} h", run_dir / "forecast_maps.png")
     return metrics
+
+
+def _on_levels(ds: xr.Dataset, like: xr.Dataset) -> xr.Dataset:
+    """``ds`` on the levels and coordinates of the forecast ``like``."""
+    if "level" in ds.dims and "level" in like.dims:
+        ds = ds.sel(level=like["level"].values)
+    return ds.assign_coords(latitude=like["latitude"].values, longitude=like["longitude"].values)
 
 
 def _parse_channel(name: str, chans) -> tuple[str, int | None]:

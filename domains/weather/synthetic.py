@@ -186,16 +186,26 @@ def power_spectrum(fields, latitude, lmax: int = LMAX) -> np.ndarray:
     return power.T.reshape(fields.shape[:-2] + (lmax + 1,))
 
 
-def _process(rng: np.random.Generator, harm: _Harmonics, n_times: int, step_hours: float,
-             slope: float) -> np.ndarray:
-    """Complex coefficients [T, K] of one latent field with unit mean square on the sphere."""
-    l, m = harm.l, harm.m
+def process_parameters(harm: _Harmonics, step_hours: float, slope: float):
+    """``(sigma, r, speed)`` per (l, m) pair of one latent field: the stationary standard
+    deviation per real degree of freedom, the AR(1) factor per time step and the angular speed
+    (rad/s) at which the pattern turns (the exact oracle, ``oracle.py``, reads them too)."""
+    l = harm.l
     power = 1.0 / (1.0 + (np.arange(1, harm.lmax + 1) / SPECTRUM_L0) ** slope)
     power /= power.sum()
     sigma = np.sqrt(power[l - 1] / (2 * l + 1))           # per real degree of freedom
     x = (l - 1) / (harm.lmax - 1)
     tau = TAU_MAX_DAYS / (1.0 + (TAU_MAX_DAYS / TAU_MIN_DAYS - 1.0) * x ** 2)
     r = np.exp(-(step_hours / 24.0) / tau)
+    speed = MEAN_FLOW - 2.0 * (OMEGA + MEAN_FLOW) / (l * (l + 1) + LAMB_F)
+    return sigma, r, speed
+
+
+def _process(rng: np.random.Generator, harm: _Harmonics, n_times: int, step_hours: float,
+             slope: float) -> np.ndarray:
+    """Complex coefficients [T, K] of one latent field with unit mean square on the sphere."""
+    l, m = harm.l, harm.m
+    sigma, r, speed = process_parameters(harm, step_hours, slope)
     noise = rng.standard_normal((n_times, 2, l.size))
     b = np.empty_like(noise)
     b[0] = sigma * noise[0]                               # the stationary distribution
@@ -204,7 +214,6 @@ def _process(rng: np.random.Generator, harm: _Harmonics, n_times: int, step_hour
         b[n] = r * b[n - 1] + kick * noise[n]
     b[:, 1, m == 0] = 0.0                                  # zonal modes have no sine part
     z = b[:, 0] - 1j * b[:, 1]                             # field part: Re(z e^{i m lon})
-    speed = MEAN_FLOW - 2.0 * (OMEGA + MEAN_FLOW) / (l * (l + 1) + LAMB_F)
     seconds = np.arange(n_times)[:, None] * step_hours * 3600.0
     return z * np.exp(-1j * m * speed * seconds)            # turn eastwards at speed c_l
 
@@ -226,6 +235,12 @@ def _q_sat(t: np.ndarray, p_pa: float) -> np.ndarray:
     e = 611.2 * np.exp(17.67 * (t - 273.15) / (t - 29.65))
     e = np.minimum(e, 0.5 * p_pa)
     return 0.622 * e / (p_pa - 0.378 * e)
+
+
+def calendar(times) -> tuple[np.ndarray, np.ndarray]:
+    """``(season, UTC hour)`` of each time: ``cos(2 pi (day - Jul 15) / year)`` (+1 mid-July)."""
+    days = (np.asarray(times).astype("datetime64[s]") - np.datetime64("2000-01-01", "s")) / np.timedelta64(1, "D")
+    return np.cos(2 * np.pi * (days - 196.5) / 365.2422), (days % 1.0) * 24.0
 
 
 class _Generator:
@@ -253,27 +268,32 @@ class _Generator:
         self.env = env / rms                                # area-mean square of env * field: ~1
         self.denv = 1.5 * self.mu * self.cos / rms          # d env / d lat
         self.inv_f = self.mu / (2.0 * OMEGA * (self.mu ** 2 + F_CLIP ** 2))
-        days = (times - np.datetime64("2000-01-01", "s")) / np.timedelta64(1, "D")
-        self.season = np.cos(2 * np.pi * (days - 196.5) / 365.2422)          # +1 mid-July
-        self.utc_hours = (days % 1.0) * 24.0
+        self.season, self.utc_hours = calendar(times)
 
-    def _anomaly(self, z, sl, scale):
+    def _anomaly(self, z, scale):
         """(field, d/dlat, d/dlon / cos lat) of ``scale * env * latent``."""
         h = self.harm
-        f = h.synthesize(z[sl], h.p)
-        df = h.synthesize(z[sl], h.dp)
-        dl = h.synthesize(z[sl], h.p_cos, d_lon=True)
+        f = h.synthesize(z, h.p)
+        df = h.synthesize(z, h.dp)
+        dl = h.synthesize(z, h.p_cos, d_lon=True)
         return (scale * self.env * f, scale * (self.env * df + self.denv * f),
                 scale * self.env * dl)
 
     def block(self, n0: int, n1: int) -> dict[str, np.ndarray]:
         """Every requested variable for times n0..n1-1 in WB2 dim order (lon before lat)."""
         sl = slice(n0, n1)
+        return self.fields(self.z_a[sl], self.z_b[sl], self.z_m[sl], self.season[sl],
+                           self.utc_hours[sl])
+
+    def fields(self, z_a, z_b, z_m, season, utc_hours, variables=None) -> dict[str, np.ndarray]:
+        """``variables`` (default: the store's) from latent coefficients [T, K] (and each time's
+        season and UTC hour), in WB2 dim order: the store's times (``block``) or the oracle's."""
+        variables = self.variables if variables is None else list(variables)
         mu, cos = self.mu, self.cos
-        s = self.season[sl, None, None]
-        a, a_lat, a_lon = self._anomaly(self.z_a, sl, Z_ANOMALY_RMS)
-        b, b_lat, b_lon = self._anomaly(self.z_b, sl, T_ANOMALY_RMS)
-        moist = self.harm.synthesize(self.z_m[sl], self.harm.p)
+        s = season[:, None, None]
+        a, a_lat, a_lon = self._anomaly(z_a, Z_ANOMALY_RMS)
+        b, b_lat, b_lon = self._anomaly(z_b, T_ANOMALY_RMS)
+        moist = self.harm.synthesize(z_m, self.harm.p)
 
         z500 = 55400.0 + 8000.0 * (1 / 3 - mu ** 2) + 2500.0 * mu ** 3 * s + a
         z500_lat = cos * (-16000.0 * mu + 7500.0 * mu ** 2 * s) + a_lat
@@ -288,7 +308,7 @@ class _Generator:
             return (-self.inv_f / EARTH_RADIUS) * zl, (self.inv_f / EARTH_RADIUS) * zx
 
         out = {}
-        wanted = set(self.variables)
+        wanted = set(variables)
         if wanted & set(UPPER_AIR):
             per_level = {v: [] for v in UPPER_AIR}
             for p in self.levels:
@@ -305,7 +325,7 @@ class _Generator:
                     out[var] = np.stack(per_level[var], axis=1)
         g1000, c1000 = _level_factors(1000.0)
         if "2m_temperature" in wanted:
-            lst = (self.utc_hours[sl, None, None] + self.lon[None, None, :] / 15.0) % 24.0
+            lst = (utc_hours[:, None, None] + self.lon[None, None, :] / 15.0) % 24.0
             out["2m_temperature"] = g1000 * t850 + 3.0 * cos * np.cos(2 * np.pi * (lst - 15) / 24)
         if wanted & {"10m_u_component_of_wind", "10m_v_component_of_wind"}:
             u, v = geostrophic(c1000)
@@ -316,7 +336,7 @@ class _Generator:
             z1000 = z500 + c1000 * t850
             out["mean_sea_level_pressure"] = 101300.0 + 1.2 * (z1000 - (55400.0 + c1000 * 280.0))
         return {var: np.ascontiguousarray(np.swapaxes(out[var], -1, -2), dtype=np.float32)
-                for var in self.variables}
+                for var in variables}
 
 
 # --------------------------------------------------------------------------- settings and stores

@@ -230,8 +230,8 @@ def judge(shared_data):
     """A LeNet trained for a few steps, cached where c2f_evaluate looks for seed JUDGE_SEED."""
     path = C.classifier_cache_path(default_cache_dir(), JUDGE_SEED)
     if not path.is_file():
-        model, accuracy = C.train_classifier(shared_data / "mnist", seed=JUDGE_SEED, limit=2000,
-                                             max_steps=30, progress=False)
+        model, accuracy = C.train_classifier(shared_data / "mnist", path.with_suffix(".run"),
+                                             seed=JUDGE_SEED, limit=2000, max_steps=30, progress=False)
         save_atomic({"version": C._CACHE_VERSION, "seed": JUDGE_SEED, "test_accuracy": accuracy,
                      "state_dict": model.state_dict()}, path)
     return path

@@ -1,6 +1,7 @@
 """Tests of the MNIST reader, the in-project classifier and the image metrics (domains/image)."""
 import gzip
 import hashlib
+import json
 import time
 import warnings
 
@@ -9,6 +10,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from core.errors import InputError
 from domains.image import classifier as C
 from domains.image import metrics as M
 from domains.image.data import (MNIST_FILES, load_mnist, mnist_tensor_data, read_idx,
@@ -307,16 +309,29 @@ def test_lenet_shapes_and_input_checks():
         net(torch.zeros(2, 3, 28, 28))
 
 
-def test_train_classifier_api_on_a_small_subset(mnist_dir):
-    kwargs = dict(seed=3, limit=2000, max_steps=12, batch_size=64, progress=False)
-    model, acc = C.train_classifier(mnist_dir, **kwargs)
+def test_train_classifier_api_on_a_small_subset(mnist_dir, tmp_path):
+    kwargs = dict(seed=3, limit=2000, max_steps=12, batch_size=64, progress=False, ckpt_every=4)
+    model, acc = C.train_classifier(mnist_dir, tmp_path / "a", **kwargs)
     assert isinstance(model, C.LeNet) and not model.training
     assert 0.3 < acc <= 1.0                                  # 12 steps already beat chance
-    model2, acc2 = C.train_classifier(mnist_dir, **kwargs)  # seeded: bit-identical weights
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 11 and "accuracy" in log[-1]   # the core trainer's log
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, logs):
+        if step == 6:
+            raise Killed
+    with pytest.raises(Killed):                              # killed after the checkpoint at 4
+        C.train_classifier(mnist_dir, tmp_path / "b", on_step=kill, **kwargs)
+    model2, acc2 = C.train_classifier(mnist_dir, tmp_path / "b", **kwargs)  # resumes: identical
     assert acc2 == acc
     for (name, p), p2 in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(p, p2), name
-    model3, _ = C.train_classifier(mnist_dir, **{**kwargs, "seed": 4})
+    with pytest.raises(InputError, match="another run"):     # a folder of another run is refused
+        C.train_classifier(mnist_dir, tmp_path / "b", **{**kwargs, "lr": 1e-3})
+    model3, _ = C.train_classifier(mnist_dir, tmp_path / "c", **{**kwargs, "seed": 4})
     assert not torch.equal(model.head.weight, model3.head.weight)
 
 
@@ -324,16 +339,18 @@ def test_load_or_train_caches_atomically(mnist_dir, tmp_path, monkeypatch):
     calls = []
     real_train = C.train_classifier
 
-    def tiny_train(data_dir, seed=0, progress=True, device="cpu"):
+    def tiny_train(data_dir, run_dir, seed=0, progress=True, device="cpu"):
         calls.append(seed)
-        return real_train(data_dir, seed=seed, limit=500, max_steps=3, progress=False, device=device)
+        return real_train(data_dir, run_dir, seed=seed, limit=500, max_steps=3, progress=False,
+                          device=device)
 
     monkeypatch.setattr(C, "train_classifier", tiny_train)
     cache = tmp_path / "cache"
     model, acc = C.load_or_train_classifier(mnist_dir, cache, seed=5, progress=False)
     path = cache / "mnist_lenet_seed5.pt"
     assert calls == [5] and path.is_file()
-    assert [p.name for p in cache.iterdir()] == [path.name]   # no temporary file left behind
+    # no temporary file left behind; the training run (log, checkpoint) beside the weights
+    assert sorted(p.name for p in cache.iterdir()) == [path.name, "mnist_lenet_seed5.run"]
     model2, acc2 = C.load_or_train_classifier(mnist_dir, cache, seed=5, progress=False)
     assert calls == [5] and acc2 == acc and not model2.training
     x = torch.rand(8, 1, 28, 28) * 2 - 1

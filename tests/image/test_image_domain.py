@@ -87,11 +87,14 @@ def test_tokenizer_trains_on_the_train_part_only(shared_data, tmp_path, monkeypa
     from domains.image import tokenizer as T
 
     seen = []
-    monkeypatch.setattr(T, "train_tokenizer", lambda model, images, **kw: seen.append(images) or {})
+    monkeypatch.setattr(T, "train_tokenizer",
+                        lambda model, images, run_dir, **kw: seen.append((images, run_dir)) or {})
     monkeypatch.setattr(T, "save_tokenizer", lambda model, path: path)
     cfg = _cfg(shared_data, "domain.val_size=500", "domain.tokenizer.width=8")
     plugin.train_and_save_tokenizer(cfg, tmp_path / "tok.pt")
-    assert torch.equal(seen[0], plugin.c2f_load_data(cfg, "train").x) and len(seen[0]) == 59_500
+    images, run_dir = seen[0]
+    assert torch.equal(images, plugin.c2f_load_data(cfg, "train").x) and len(images) == 59_500
+    assert run_dir == tmp_path / "tok.run"   # where a killed training resumes
     # a tokenizer trained without the val images is cached apart; val_size=0 keeps the old name
     cfg0 = _cfg(shared_data, "domain.tokenizer.width=8")
     assert plugin.tokenizer_cache_path(cfg) != plugin.tokenizer_cache_path(cfg0)

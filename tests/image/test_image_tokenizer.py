@@ -1,11 +1,13 @@
 """The image tokenizer: shapes, a deterministic pyramid, a short real MNIST training, save/load."""
 import gzip
+import json
 import os
 
 import numpy as np
 import pytest
 import torch
 
+from core.errors import InputError
 from domains.image.tokenizer import VQTokenizer, load_tokenizer, save_tokenizer, train_tokenizer
 
 SCALE_TOKENS = [1, 4, 9, 16, 25, 49]
@@ -31,11 +33,11 @@ def mnist(shared_data):
 
 
 @pytest.fixture(scope="module")
-def trained(mnist):
+def trained(mnist, tmp_path_factory):
     train, test = mnist
     torch.manual_seed(0)
     model = VQTokenizer(channels=16, width=16)
-    metrics = train_tokenizer(model, train, steps=500, batch_size=32, lr=3e-3, seed=0, progress=False,
+    metrics = train_tokenizer(model, train, tmp_path_factory.mktemp("tok"), steps=500, batch_size=32, lr=3e-3, seed=0, progress=False,
                               eval_images=test)
     return model, metrics
 
@@ -116,21 +118,53 @@ def test_short_training_reconstructs_coarse_to_fine_without_collapse(trained, mn
     assert set(train_stats) == {f"{s}/scale{k}" for s in ("codes_used", "perplexity") for k in range(6)}
 
 
-def test_training_is_seeded_and_leaves_global_rng_alone(mnist):
+def test_training_is_seeded_and_leaves_global_rng_alone(mnist, tmp_path):
     x = mnist[0][:256]
     states = []
-    for _ in range(2):
+    for i in range(2):
         torch.manual_seed(3)
         model = VQTokenizer(channels=8, width=16, dead_after=4)
         rng = torch.get_rng_state()
-        logs = []
-        train_tokenizer(model, x, steps=6, batch_size=16, seed=5, progress=False,
-                        log_fn=lambda step, l: logs.append((step, l)), log_every=2, eval_images=x[:32])
+        train_tokenizer(model, x, tmp_path / f"run{i}", steps=6, batch_size=16, seed=5, progress=False,
+                        log_every=2, eval_images=x[:32])
         assert torch.equal(rng, torch.get_rng_state())
-        assert [s for s, _ in logs] == [0, 2, 4, 5] and "recon" in logs[0][1]
+        logs = [json.loads(line) for line in (tmp_path / f"run{i}" / "train_log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in logs] == [0, 2, 4, 5] and "recon" in logs[0] and "lr" in logs[0]
         states.append(model.state_dict())
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_tokenizer_resumes_exactly_after_a_kill(mnist, tmp_path):
+    """Killed after its checkpoint at step 4, the tokenizer's training resumes there on the next
+    call and ends with the weights (codebook, usage counts, dead-code state) of an unbroken run."""
+    x = mnist[0][:256]
+    kw = dict(steps=8, batch_size=16, seed=2, progress=False, ckpt_every=4, eval_images=x[:32])
+
+    def fresh():
+        torch.manual_seed(1)
+        return VQTokenizer(channels=8, width=16, dead_after=3)
+
+    whole = fresh()
+    ref = train_tokenizer(whole, x, tmp_path / "whole", **kw)
+
+    class Killed(Exception):
+        pass
+
+    def kill(step, logs):
+        if step == 5:
+            raise Killed
+    with pytest.raises(Killed):
+        train_tokenizer(fresh(), x, tmp_path / "killed", on_step=kill, **kw)
+    resumed = fresh()
+    out = train_tokenizer(resumed, x, tmp_path / "killed", **kw)
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert out["recon_mse"] == ref["recon_mse"] and out["steps"] == 8
+    logs = [json.loads(line) for line in (tmp_path / "killed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [0, 7]             # no step logged twice
+    with pytest.raises(InputError, match="another run"):   # another run's folder is refused
+        train_tokenizer(fresh(), x, tmp_path / "killed", **{**kw, "lr": 1e-3})
 
 
 def test_save_load_round_trip(trained, mnist, tmp_path):

@@ -118,8 +118,14 @@ def test_evaluate_scores_against_baselines(trained, tmp_path):
     m = run(compose_config(over + ["task=evaluate"]), tmp_path)
     for key in ("crps/z500/24h", "rmse/t850/72h", "spread_skill/t2m/48h",
                 "persistence/crps/z500/24h", "climatology/rmse/z500/72h",
-                "climatology_ensemble/crps/t2m/48h"):
+                "climatology_ensemble/crps/t2m/48h", "oracle/crps/z500/24h",
+                "oracle/spread_skill/t850/72h", "oracle_exact/crps/t2m/48h"):
         assert key in m and np.isfinite(m[key]), key
+    # the built-in store's exact limit: no forecast beats it, persistence is far behind
+    for lead in ("24h", "72h"):
+        exact = m[f"oracle_exact/crps/z500/{lead}"]
+        assert exact < m[f"persistence/crps/z500/{lead}"] and exact < m[f"crps/z500/{lead}"]
+        assert abs(m[f"oracle/crps/z500/{lead}"] / exact - 1) < 0.25   # 3 members: near the limit
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["crps/z500/24h"] == m["crps/z500/24h"]
     for name in ("scorecard_crps.png", "scorecard_rmse.png", "rank_histograms.png",

@@ -1,0 +1,218 @@
+"""The exact limit on the built-in linear store: the generator's own forecast.
+
+The synthetic store (``synthetic.py``) is linear and Gaussian in its latent spectral
+coefficients. In the frame that turns with each wave, every real coefficient of degree l is an
+AR(1) process at the store's time step, ``b[n+1] = r b[n] + sigma sqrt(1 - r^2) xi``, so given
+the state at the initial time (a fixed function of the coefficients, which the generator
+recomputes from the store's settings) the coefficients k steps later are Gaussian with mean
+``r^k b[n]`` and variance ``sigma^2 (1 - r^(2k))``, turned on to the valid time. No forecaster can
+do better on this store; the model's scores are reported as ratios to this limit.
+
+Two forms, both from :class:`LinearStoreOracle`:
+
+* ``ensemble(init_times, leads, members)``: members are the generator itself run on from the
+  initial coefficients with fresh noise (whole trajectories, every variable of the store),
+  scored like any forecast (fair CRPS at the forecast's ensemble size);
+* ``gaussian(init_times, leads)``: the exact mean and standard deviation of the channels that
+  are affine in the latent fields (geopotential, temperature, 2 m temperature, mean sea-level
+  pressure), whose CRPS :func:`gaussian_crps` computes in closed form (an infinite ensemble).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from domains.weather import synthetic as S
+from domains.weather.data import UPPER_AIR, WeatherDataError, wb2_grid
+
+# channels affine in the latent anomalies A (Z500) and B (the part of T850 not tied to A)
+AFFINE = ("geopotential", "temperature", "2m_temperature", "mean_sea_level_pressure")
+
+
+def store_settings(path) -> dict | None:
+    """The generator settings of a built-in synthetic store, or None for any other store."""
+    return S._stored_settings(Path(path))
+
+
+class LinearStoreOracle:
+    """The generator of a synthetic store, able to forecast from any of its times."""
+
+    def __init__(self, settings: dict):
+        if settings.get("version") != S.GENERATOR_VERSION:
+            raise WeatherDataError(f"the store was made by generator version {settings.get('version')}, "
+                                   f"this code has {S.GENERATOR_VERSION}: regenerate the store")
+        self.settings = settings
+        latitude, longitude = wb2_grid(settings["grid"])
+        step = int(settings["step_hours"])
+        n_times = int(round(settings["years"] * 365.25 * 24 / step))
+        times = np.datetime64(settings["start"], "s") + np.arange(n_times) * np.timedelta64(step * 3600, "s")
+        self.step_hours = step
+        self.gen = S._Generator(latitude, longitude, times, step, settings["levels"],
+                                settings["variables"], settings["seed"])
+        harm = self.gen.harm
+        # per process: sigma (per real degree of freedom), r (per step), angular speed
+        self.params = [S.process_parameters(harm, step, slope)
+                       for slope in (S.SLOPE_Z, S.SLOPE_T, S.SLOPE_T)]
+        self.coefs = [self.gen.z_a, self.gen.z_b, self.gen.z_m]
+
+    @classmethod
+    def for_store(cls, path) -> "LinearStoreOracle":
+        settings = store_settings(path)
+        if settings is None:
+            raise WeatherDataError(f"{path} is not a built-in synthetic store: the exact oracle "
+                                   "exists only for the linear synthetic store")
+        return cls(settings)
+
+    # ---------------------------------------------------------------- indices and coefficients
+    def _index(self, init_times) -> np.ndarray:
+        init = np.asarray(init_times).astype("datetime64[s]")
+        idx = np.searchsorted(self.gen.times, init)
+        ok = (idx < len(self.gen.times)) & (self.gen.times[np.minimum(idx, len(self.gen.times) - 1)] == init)
+        if not ok.all():
+            raise ValueError(f"initial times {init[~ok][:3]} are not times of the store")
+        return idx
+
+    def _steps(self, leads) -> np.ndarray:
+        hours = np.asarray(leads).astype("timedelta64[s]").astype(np.int64) / 3600.0
+        steps = hours / self.step_hours
+        if np.any(np.abs(steps - np.round(steps)) > 1e-9) or np.any(steps < 0):
+            raise ValueError(f"leads {hours} h are not multiples of the store's {self.step_hours} h step")
+        return np.round(steps).astype(int)
+
+    def _seconds(self, n) -> np.ndarray:
+        return np.asarray(n) * self.step_hours * 3600.0
+
+    def _moving(self, p: int, n: int) -> np.ndarray:
+        """Coefficients of process ``p`` at time index ``n`` in the frame turning with the waves."""
+        _, _, speed = self.params[p]
+        return self.coefs[p][n] * np.exp(1j * self.gen.harm.m * speed * self._seconds(n))
+
+    def _turned(self, p: int, w: np.ndarray, n) -> np.ndarray:
+        _, _, speed = self.params[p]
+        return w * np.exp(-1j * self.gen.harm.m * speed * self._seconds(n))
+
+    def transition(self, p: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(factor, variance)`` per coefficient of process ``p`` (0: A, 1: B, 2: moisture) over
+        ``k`` steps in the moving frame: mean = factor x start, variance per real part."""
+        sigma, r, _ = self.params[p]
+        return r ** k, sigma ** 2 * (1.0 - r ** (2 * k))
+
+    # ---------------------------------------------------------------- the two forecasts
+    def _dataset(self, fields: dict, init, leads, members: int) -> xr.Dataset:
+        lat, lon = self.gen.lat, self.gen.lon
+        out = {}
+        for var, x in fields.items():
+            dims = ("time", "prediction_timedelta", "number") + (
+                ("level",) if var in UPPER_AIR else ()) + ("longitude", "latitude")
+            out[var] = (dims, x.astype(np.float32))
+        coords = {"time": np.asarray(init).astype("datetime64[ns]"),
+                  "prediction_timedelta": np.asarray(leads).astype("timedelta64[ns]"),
+                  "number": np.arange(members), "longitude": lon, "latitude": lat}
+        if any(v in UPPER_AIR for v in fields):
+            coords["level"] = np.array(self.gen.levels, dtype=np.int64)
+        return xr.Dataset(out, coords)
+
+    def _fields(self, z: list[np.ndarray], valid: np.ndarray, variables) -> dict:
+        season, utc = S.calendar(self.gen.times[valid])
+        return self.gen.fields(z[0], z[1], z[2], season, utc, variables)
+
+    def ensemble(self, init_times, leads, members: int, seed: int = 0, variables=None) -> xr.Dataset:
+        """``members`` trajectories of the generator from each initial time, in the forecast
+        layout (``time``, ``prediction_timedelta``, ``number``, [``level``], lon, lat)."""
+        variables = list(variables or self.gen.variables)
+        n0s, steps = self._index(init_times), self._steps(leads)
+        harm = self.gen.harm
+        has_sine = harm.m > 0
+        per_var = {v: [] for v in variables}
+        for i, n0 in enumerate(n0s):
+            if n0 + steps.max() >= len(self.gen.times):
+                raise ValueError("a lead runs past the end of the store")
+            rng = np.random.default_rng([int(seed), int(n0)])
+            paths = []
+            for p in range(3):
+                sigma, r, _ = self.params[p]
+                w = np.broadcast_to(self._moving(p, n0), (members, harm.l.size)).copy()
+                by_step = {0: w.copy()}
+                for s in range(1, steps.max() + 1):
+                    noise = rng.standard_normal((2, members, harm.l.size))
+                    w = r * w + sigma * np.sqrt(1 - r ** 2) * (noise[0] - 1j * noise[1] * has_sine)
+                    by_step[s] = w
+                paths.append(np.stack([self._turned(p, by_step[k], n0 + k) for k in steps]))  # [L, M, K]
+            valid = np.repeat(n0 + steps, members)
+            flat = [x.reshape(-1, harm.l.size) for x in paths]          # lead-major, as valid
+            fields = self._fields(flat, valid, variables)
+            for v in variables:
+                x = fields[v]
+                per_var[v].append(x.reshape((len(steps), members) + x.shape[1:]))
+        return self._dataset({v: np.stack(per_var[v]) for v in variables}, init_times, leads, members)
+
+    def gaussian(self, init_times, leads, variables=None) -> tuple[xr.Dataset, xr.Dataset]:
+        """Exact conditional ``(mean, std)`` of the affine channels, one member each."""
+        variables = [v for v in (variables or self.gen.variables) if v in AFFINE]
+        n0s, steps = self._index(init_times), self._steps(leads)
+        harm, env = self.gen.harm, self.gen.env[:, 0]
+        means = {v: [] for v in variables}
+        stds = {v: [] for v in variables}
+        # latent variance per latitude at each lead: sum over modes of P^2 x var (both parts of
+        # an m > 0 pair: cos^2 + sin^2 = 1; an m = 0 mode has only its cosine part)
+        lat_var = []
+        for p in (0, 1):
+            lat_var.append(np.stack([(harm.p ** 2 * self.transition(p, k)[1][:, None]).sum(0)
+                                     for k in steps]))                   # [lead, lat]
+        std_by_var = {}
+        for v in variables:
+            coeffs = _affine_coefficients(v, self.gen.levels)           # [(a, b)] per level
+            sd = [np.sqrt((a * S.Z_ANOMALY_RMS) ** 2 * lat_var[0] + (b * S.T_ANOMALY_RMS) ** 2 * lat_var[1])
+                  * env for a, b in coeffs]                              # [lead, lat] per level
+            sd = np.stack(sd, 1) if v in UPPER_AIR else sd[0]
+            std_by_var[v] = np.broadcast_to(sd[..., None, :], sd.shape[:-1] + (self.gen.lon.size, sd.shape[-1]))
+        for n0 in n0s:
+            z = []
+            for p in range(3):
+                factor = np.stack([self.transition(p, k)[0] for k in steps])
+                z.append(self._turned(p, factor * self._moving(p, n0)[None], n0 + steps[:, None]))
+            fields = self._fields(z, n0 + steps, variables)
+            for v in variables:
+                means[v].append(fields[v][:, None])
+                stds[v].append(std_by_var[v][:, None])
+        return (self._dataset({v: np.stack(means[v]) for v in variables}, init_times, leads, 1),
+                self._dataset({v: np.stack(stds[v]) for v in variables}, init_times, leads, 1))
+
+
+def _affine_coefficients(var: str, levels) -> list[tuple[float, float]]:
+    """(a, b) per level with channel anomaly = a A + b B (A, B the latent anomalies)."""
+    g1000, c1000 = S._level_factors(1000.0)
+    if var == "geopotential":
+        return [(1.0 + c * S.T_PER_Z, c) for c in (S._level_factors(float(p))[1] for p in levels)]
+    if var == "temperature":
+        return [(g * S.T_PER_Z, g) for g in (S._level_factors(float(p))[0] for p in levels)]
+    if var == "2m_temperature":
+        return [(g1000 * S.T_PER_Z, g1000)]
+    if var == "mean_sea_level_pressure":
+        return [(1.2 * (1.0 + c1000 * S.T_PER_Z), 1.2 * c1000)]
+    raise ValueError(f"{var} is not affine in the latent fields")
+
+
+def gaussian_crps(mean: xr.Dataset, std: xr.Dataset, truth: xr.Dataset, weights=None) -> xr.Dataset:
+    """CRPS of the Gaussian forecast N(mean, std^2) (Gneiting and Raftery 2007), spatially
+    weighted and averaged over inits like ``scores.crps_fair``."""
+    from scipy.special import erf
+
+    from domains.weather.scores import _spatial_mean, _weights, align_truth
+
+    y = align_truth(mean, truth)
+    out = {}
+    for v in mean.data_vars:
+        mu, sd = mean[v].isel(number=0), std[v].isel(number=0)
+        obs = y[v].isel(number=0) if "number" in y[v].dims else y[v]
+        sd_safe = xr.where(sd > 0, sd, 1.0)
+        z = (obs - mu) / sd_safe
+        pdf = np.exp(-0.5 * z ** 2) / np.sqrt(2 * np.pi)
+        cdf = 0.5 * (1 + xr.apply_ufunc(erf, z / np.sqrt(2)))
+        crps = sd * (z * (2 * cdf - 1) + 2 * pdf - 1 / np.sqrt(np.pi))
+        out[v] = xr.where(sd > 0, crps, abs(obs - mu))
+    ds = xr.Dataset(out)
+    return _spatial_mean(ds, _weights(mean, weights)).mean("time")
+
