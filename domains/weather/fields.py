@@ -68,27 +68,36 @@ class Support:
 
 @dataclass
 class WeatherData:
-    """Normalised fields of one period on the support, and the examples they hold."""
-    fields: torch.Tensor           # [T, C, *support], (x - mean) / std
+    """Normalised fields of one period on the support, and the examples they hold.
+
+    A store with ensemble members (``number``) gives ``members`` series one after the other:
+    ``fields`` row ``j * T + t`` is member j at time t, and every member's series is a source of
+    examples of its own (an ensemble of analyses is that many samples of the same weather)."""
+    fields: torch.Tensor           # [M * T, C, *support], (x - mean) / std
     times: np.ndarray              # [T] datetime64
     stride: int                    # store time steps per forecast step
     normalizer: Normalizer
     support: Support
     names: list[str]
     ratio: torch.Tensor = field(default=None)   # std / increment std per channel
+    members: int = 1
 
     def __post_init__(self):
         std = torch.as_tensor(self.normalizer.std, dtype=torch.float32)
         inc = torch.as_tensor(self.normalizer.increment_std, dtype=torch.float32)
         self.ratio = (std / inc).reshape(-1, *([1] * (self.fields.ndim - 2)))
         if len(self.times) <= 2 * self.stride:
-            raise WeatherDataError(f"the period holds {len(self.times)} times, too few for a "
-                                   f"forecast step of {self.stride} time steps with history")
+            step = (self.times[1] - self.times[0]) / np.timedelta64(1, "h") if len(self.times) > 1 else 0
+            raise WeatherDataError(
+                f"the period holds {len(self.times)} times, too few for a forecast step of "
+                f"{self.stride} time steps with history: set domain.step_hours to a smaller "
+                f"multiple of the store's {step:g} h, or give a longer period")
 
     @property
     def starts(self) -> np.ndarray:
-        """Indices t that have t - Δt and t + Δt inside the period."""
-        return np.arange(self.stride, len(self.times) - self.stride)
+        """Rows t (of every member's series) that have t - Δt and t + Δt in the same series."""
+        one = np.arange(self.stride, len(self.times) - self.stride)
+        return (np.arange(self.members)[:, None] * len(self.times) + one[None]).ravel()
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -106,7 +115,7 @@ class WeatherData:
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(self.starts[np.asarray(indices)])
         state, prev, nxt = self.fields[t], self.fields[t - self.stride], self.fields[t + self.stride]
-        valid = self.times[(t + self.stride).numpy()]
+        valid = self.times[(t + self.stride).numpy() % len(self.times)]
         return self.increment(state, nxt), self.condition(state, prev, valid)
 
 
@@ -122,8 +131,34 @@ def _period(cfg, split: str) -> tuple[str, str]:
 def open_period(cfg, split: str):
     """The lazily opened store restricted to the configured channels and the split's period."""
     start, end = _period(cfg, split)
-    return open_era5(store_path(cfg), list(cfg.domain.variables), list(cfg.domain.levels),
-                     start=start, end=end)
+    try:
+        return open_era5(store_path(cfg), list(cfg.domain.variables), list(cfg.domain.levels),
+                         start=start, end=end)
+    except WeatherDataError as e:  # the loader names the store's content; this, the setting
+        msg = str(e)
+        for needle, setting in (("lacks variable", "domain.variables"), ("lacks level", "domain.levels"),
+                                ("no times between", f"domain.{split}_period")):
+            if needle in msg:
+                raise WeatherDataError(f"{msg}: set {setting} to match the store") from None
+        raise
+
+
+def member_of(cfg) -> int | None:
+    """``domain.member``: the ensemble member to use, or None for all of them (training)."""
+    member = cfg.domain.get("member")
+    return None if member is None else int(member)
+
+
+def one_member(cfg, ds):
+    """``ds`` as one analysis: the chosen member of an ensemble store (``domain.member``, member
+    0 when all train), what forecasts start from and are scored against."""
+    if "number" not in ds.dims:
+        return ds
+    member = member_of(cfg) or 0
+    if not 0 <= member < ds.sizes["number"]:
+        raise WeatherDataError(f"domain.member={member}, but the store has {ds.sizes['number']} "
+                               f"members (0..{ds.sizes['number'] - 1})")
+    return ds.isel(number=member, drop=True)
 
 
 def stride_of(times: np.ndarray, step_hours: float) -> int:
@@ -142,6 +177,8 @@ def stride_of(times: np.ndarray, step_hours: float) -> int:
 
 def fit_normalizer(cfg) -> Normalizer:
     ds = open_period(cfg, "train")
+    if member_of(cfg) is not None:
+        ds = one_member(cfg, ds)
     fields = load_fields(ds, channel_list(cfg))
     stride = stride_of(ds["time"].values, float(cfg.domain.step_hours))
     return Normalizer.fit(fields, ds["latitude"].values, stride)
@@ -150,8 +187,10 @@ def fit_normalizer(cfg) -> Normalizer:
 def load_split(cfg, split: str, normalizer: Normalizer | None = None) -> WeatherData:
     """Fields of the split's period on the support; statistics from the training period."""
     ds = open_period(cfg, split)
+    if member_of(cfg) is not None:
+        ds = one_member(cfg, ds)
     chans = channel_list(cfg)
-    fields = load_fields(ds, chans)
+    fields = load_fields(ds, chans)                  # [T, C, lat, lon] or [T, M, C, lat, lon]
     times = ds["time"].values
     stride = stride_of(times, float(cfg.domain.step_hours))
     if normalizer is None:
@@ -159,8 +198,12 @@ def load_split(cfg, split: str, normalizer: Normalizer | None = None) -> Weather
                       else fit_normalizer(cfg))
     support = Support(cfg, ds["latitude"].values, ds["longitude"].values)
     x = torch.from_numpy(normalizer.norm(fields))
+    members = 1
+    if x.ndim == 5:                                  # members one after the other
+        members = x.shape[1]
+        x = x.transpose(0, 1).reshape(members * x.shape[0], *x.shape[2:])
     return WeatherData(support.to_support(x).float().contiguous(), times, stride, normalizer,
-                       support, [channel_name(v, lev) for v, lev in chans])
+                       support, [channel_name(v, lev) for v, lev in chans], members=members)
 
 
 def save_normalizer(data: WeatherData, run_dir) -> Path:

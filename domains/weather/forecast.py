@@ -53,7 +53,8 @@ def init_times(test_times: np.ndarray, stride: int, lead_steps: int, every_hours
     if last < first:
         raise WeatherDataError(
             f"the test period ({len(test_times)} times) is too short for {lead_steps} steps of "
-            f"{stride} time steps with history")
+            f"{stride} time steps with history: set domain.forecast.lead_steps to at most "
+            f"{max(0, (len(test_times) - 1 - stride) // stride)}, or give a longer test period")
     if chosen:
         out = np.array([np.datetime64(str(t), "ns") for t in chosen])
         allowed = set(test_times[first: last + 1].astype("datetime64[ns]").tolist())

@@ -57,7 +57,7 @@ def _checkpoint(cfg, run_dir: Path) -> Path:
 
 def _analyses(cfg, split: str) -> dict:
     """The period's truth on the store grid, physical units, as the forecaster consumes it."""
-    ds = F.open_period(cfg, split)
+    ds = F.one_member(cfg, F.open_period(cfg, split))
     chans = F.channel_list(cfg)
     return {"time": ds["time"].values, "fields": F.load_fields(ds, chans), "channels": chans,
             "latitude": ds["latitude"].values, "longitude": ds["longitude"].values}
@@ -82,8 +82,8 @@ def evaluate(cfg, run_dir: Path) -> dict:
                                 "set domain.forecast.path=...)")
     fc = xr.open_zarr(path, consolidated=True) if path.suffix != ".nc" else xr.open_dataset(path)
     fc = fc.load()
-    truth = F.open_period(cfg, "test").load()
-    train_truth = F.open_period(cfg, "train").load()
+    truth = F.one_member(cfg, F.open_period(cfg, "test")).load()
+    train_truth = F.one_member(cfg, F.open_period(cfg, "train")).load()
     init, leads = fc["time"].values, fc["prediction_timedelta"].values
     models = {
         "model": fc,

@@ -34,9 +34,9 @@ def test_every_setting_the_file_forbids_is_named(store, tmp_path):
         run(compose_config(base), tmp_path / "a")
     with pytest.raises(WeatherDataError, match="set domain.step_hours"):
         run(compose_config(base + ["domain.variables=[geopotential,temperature]"]), tmp_path / "b")
-    with pytest.raises(WeatherDataError, match="set domain.test_period"):
+    with pytest.raises(WeatherDataError, match="no times between.*set domain.train_period"):
         run(compose_config(base + ["domain.variables=[geopotential,temperature]",
-                                   "domain.test_period=[2018-01-01,2018-02-01]"]), tmp_path / "c")
+                                   "domain.train_period=[2018-01-01,2018-02-01]"]), tmp_path / "c")
 
 
 def test_members_are_samples_and_one_member_is_the_analysis(store):
