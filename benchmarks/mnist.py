@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from core.io import atomic_path, write_json_atomic  # noqa: E402
-from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
+from core.provenance import amend_piece, check_piece, provenance_label, record_piece  # noqa: E402
 from core.build import seconds_per_step  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
 from core.train import resume_override  # noqa: E402
@@ -97,10 +97,13 @@ class Bench:
             self._judge = judge_fingerprint(model)
         return self._judge
 
-    def piece(self, folder: Path, config: dict, make, rescore=None):
+    def piece(self, folder: Path, config: dict, make, rescore=None, amend=None):
         """Reuse ``folder``'s metrics if its provenance matches ``config``; else make them.
         ``rescore()`` (pieces scored by the judge) evaluates the piece's saved samples again: it
-        runs instead of ``make`` when only the judge changed."""
+        runs instead of ``make`` when only the judge changed. ``amend`` = (keys, reason): a
+        record that differs from ``config`` at those keys alone is re-keyed (and says so)."""
+        if amend is not None:
+            amend_piece(folder, config, amend[1], amend[0])
         record = check_piece(folder, config)  # refuses a folder made with another config
         done = _load(folder / "metrics.json")
         fresh = done is not None and (rescore is None or done.get("judge") == self.judge)
@@ -165,8 +168,9 @@ class Bench:
             raise SystemExit(f"the tokenizer took {charged:.0f} s, more than --budget-minutes")
         over = self.model_overrides(model, seed, tok_path) + [f"train.max_seconds={budget:.0f}"]
         folder = self.out / f"{model}_s{seed}" / "train"
+        # the pixel DDPM never reads the tokenizer: only the latent models are keyed on it
         config = {"piece": "train", "overrides": self.hashed(over),
-                  "tokenizer": tok_m["config_hash"] if tok_m else None}
+                  "tokenizer": tok_m["config_hash"] if tok_m and model != "ddpm" else None}
 
         def make():
             plan = _load(folder / "plan.json")
@@ -178,9 +182,12 @@ class Bench:
             m = run(compose_config(over + ["task=train", f"train.steps={plan['steps']}",
                                            resume_override(folder)]), folder)
             return {**m, "tokenizer_seconds": charged, "budget_seconds": budget + charged}
-        m = self.piece(folder, config, make)
+        amend = (("tokenizer",), "the pixel DDPM never reads the tokenizer") if model == "ddpm" else None
+        m = self.piece(folder, config, make, amend=amend)
         if m is not None:
             m["overrides"] = over
+            record = _load(folder / "provenance.json") or {}
+            m["previous_hashes"] = [a["old_hash"] for a in record.get("amended", [])]
         return m
 
     # --- sample + evaluate
@@ -208,7 +215,11 @@ class Bench:
             m = run(compose_config(over + ["task=sample", f"checkpoint={ckpt}"]), folder / "sample")
             m.update(evaluate())
             return m
-        m = self.piece(folder, config, make, rescore=evaluate)
+        # a model re-keyed by an amendment is the same checkpoint: its scores follow it
+        stored = (_load(folder / "provenance.json") or {}).get("config", {}).get("model")
+        amend = ((("model",), f"the model piece was re-keyed from {stored}")
+                 if stored in trained.get("previous_hashes", []) else None)
+        m = self.piece(folder, config, make, rescore=evaluate, amend=amend)
         if m is None:
             return None
         return {"model": model, "seed": seed, "split": split, "setting": name, "sample": setting,

@@ -114,7 +114,8 @@ def main():
         "",
         f"Held-out period {cfg.domain.test_period[0]} to {cfg.domain.test_period[1]}: "
         f"{int(m['forecast/inits'])} initial times, {int(m['forecast/members'])} members, "
-        f"step {cfg.domain.step_hours} h, {cfg.domain.sphere} support {list(cfg.domain.nsides)}. "
+        f"step {cfg.domain.step_hours} h, {cfg.domain.sphere} support "
+        f"{list(cfg.domain.nsides) if cfg.domain.sphere == 'healpix' else [list(x) for x in cfg.domain.latlon_sizes]}. "
         "Scores as WeatherBench2 defines them (area-weighted, RMSE of the ensemble mean with the "
         "square root after the time mean, fair CRPS, spread/skill with the sqrt((M+1)/M) "
         "correction). Persistence is the analysis at the initial time; climatology the "
@@ -148,12 +149,12 @@ def main():
               f"- reading the store: {m['read_mb_per_second']:.1f} MB/s, "
               f"{m['read_times_per_second']:.0f} times/s (lazy zarr, one chunk-aligned time block "
               "after the other)", ""]
-    figures = Path(args.doc).parent / "weather"
+    figures = Path(args.doc).with_suffix("")  # docs/results/weather.md -> docs/results/weather/
     figures.mkdir(parents=True, exist_ok=True)
     for name in ("scorecard_crps.png", "scorecard_rmse.png", "rank_histograms.png", "forecast_maps.png"):
         if (out / name).exists():
             shutil.copy(out / name, figures / name)
-            lines.append(f"![{name}](weather/{name})")
+            lines.append(f"![{name}]({figures.name}/{name})")
     Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
     Path(args.doc).write_text("\n".join(lines) + "\n")
     write_json_atomic(twin(Path(args.doc)), Path(args.doc).with_suffix(".json"))  # the page's rows

@@ -146,6 +146,29 @@ def record_piece(folder, config, **extra) -> dict:
     return record
 
 
+def amend_piece(folder, config, reason: str, keys) -> dict | None:
+    """Re-key ``folder``'s record to ``config`` when the two differ only at ``keys``, settings
+    known not to change what the piece holds (a dependency a piece was wrongly keyed on): the
+    record keeps its commit and creation time, and lists the old hash, the keys and ``reason``
+    under ``amended``, so a results row can say so. Returns the new record, or None (nothing to
+    amend: no record, or another key differs too, which stays a refusal)."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    old = record.get("config", {})
+    differ = {k for k in old.keys() | dict(config).keys()
+              if k not in old or k not in config or _canonical(old[k]) != _canonical(config[k])}
+    if not differ or not differ <= set(keys):
+        return None
+    record.setdefault("amended", []).append(
+        {"old_hash": record["config_hash"], "keys": sorted(differ), "reason": reason,
+         "commit": current_commit(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    record.update(config_hash=config_hash(config), config=plain_config(config))
+    write_json_atomic(record, path)
+    return record
+
+
 def provenance_label(record: dict | None) -> str:
     """A short label for a results row: ``cfg 1a2b3c4d5e6f7a8b @ 9bec9e0`` (``+dirty`` kept)."""
     if not record:
@@ -153,4 +176,5 @@ def provenance_label(record: dict | None) -> str:
     commit = record.get("commit", "unknown")
     sha, dirty, _ = commit.partition("+dirty")
     short = sha[:7] if sha != "unknown" else sha
-    return f"cfg {record.get('config_hash', '?')} @ {short}{'+dirty' if dirty else ''}"
+    label = f"cfg {record.get('config_hash', '?')} @ {short}{'+dirty' if dirty else ''}"
+    return label + (" (amended)" if record.get("amended") else "")

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from core.provenance import (StalePieceError, check_piece, config_hash, current_commit,
-                             provenance_label, record_piece)
+from core.provenance import (StalePieceError, amend_piece, check_piece, config_hash,
+                             current_commit, provenance_label, record_piece)
 
 CONFIG = {"seed": 0, "model": {"target": "index", "num_codes": 256},
           "train": {"steps": 100, "batch_size": 64}, "domain": {"scales": [1, 2, 4]}}
@@ -80,6 +80,22 @@ def test_commit_is_a_non_empty_string(tmp_path):
     assert provenance_label({"config_hash": "1a2b3c4d5e6f7a8b", "commit": "9bec9e0" + "0" * 33}) \
         == "cfg 1a2b3c4d5e6f7a8b @ 9bec9e0"
     assert provenance_label({"config_hash": "ab", "commit": "9bec9e0aaaa+dirty"}) == "cfg ab @ 9bec9e0+dirty"
+
+
+def test_amending_a_dependency_that_does_not_matter_is_recorded(tmp_path):
+    """A piece keyed on a setting that cannot change it (the DDPM on a tokenizer it never reads)
+    is re-keyed, and its record says so; any other difference stays a refusal."""
+    old = {"piece": "train", "overrides": {"seed": "0"}, "tokenizer": "abc"}
+    new = {**old, "tokenizer": None}
+    first = record_piece(tmp_path, old)
+    with pytest.raises(StalePieceError, match="tokenizer"):
+        check_piece(tmp_path, new)
+    assert amend_piece(tmp_path, {**new, "overrides": {"seed": "1"}}, "no", ["tokenizer"]) is None
+    record = amend_piece(tmp_path, new, "the DDPM never reads the tokenizer", ["tokenizer"])
+    assert check_piece(tmp_path, new) == record and record["created"] == first["created"]
+    assert record["amended"][0]["old_hash"] == first["config_hash"]
+    assert record["amended"][0]["keys"] == ["tokenizer"] and "(amended)" in provenance_label(record)
+    assert amend_piece(tmp_path, new, "again", ["tokenizer"]) is None   # nothing differs now
 
 
 def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
