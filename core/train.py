@@ -296,6 +296,20 @@ def resume_override(run_dir) -> str:
     return f"train.resume={str((Path(run_dir) / 'checkpoints' / 'last.pt').is_file()).lower()}"
 
 
+def resume_same_run(run_dir, identity: dict, what: str) -> bool:
+    """True when ``run_dir`` holds a checkpoint of the run ``identity`` describes (pass the same
+    dict as ``record={"run": identity}`` to ``train``), so training should resume there; False
+    when it holds none. A checkpoint of another run is refused with a one-line error naming
+    ``what`` was being trained."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return False
+    if load_checkpoint(path).get("run") != identity:
+        raise InputError(f"{run_dir} holds a {what} checkpoint of another run (other settings, data "
+                         "or seed): use another folder, or delete it to train from scratch")
+    return True
+
+
 def load_weights(model: nn.Module, path, use_ema: bool = True) -> nn.Module:
     """Load the (EMA, when present) weights of a checkpoint written by ``train``."""
     state = load_checkpoint(path)

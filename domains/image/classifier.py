@@ -127,8 +127,7 @@ def train_classifier(data_dir, run_dir, seed: int = 0, epochs: int = 2, batch_si
     pixels. ``limit`` trains on the first ``limit`` training images and ``max_steps`` stops early
     (both for quick checks); the accuracy is always measured on the full 10,000-image test set.
     """
-    from core.errors import InputError
-    from core.train import TrainConfig, load_checkpoint, train
+    from core.train import TrainConfig, resume_same_run, train
 
     images, labels = load_mnist(data_dir, "train")
     if limit is not None:
@@ -146,18 +145,13 @@ def train_classifier(data_dir, run_dir, seed: int = 0, epochs: int = 2, batch_si
                       device=str(device), desc="MNIST judge")
     identity = {"version": _CACHE_VERSION, "images": len(x_train), "augment": augment, "steps": total,
                 "batch_size": batch_size, "lr": lr, "seed": seed}
-    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
-    if ckpt.is_file():
-        if load_checkpoint(ckpt).get("judge_run") != identity:
-            raise InputError(f"{run_dir} holds a judge checkpoint of another run: use another "
-                             "folder, or delete it to train from scratch")
-        cfg.resume = True
+    cfg.resume = resume_same_run(run_dir, identity, "judge")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LeNet()
         train(ClassifierObjective(model, 2 if augment else 0), len(x_train),
               lambda idx: (x_train[idx], labels[idx]), cfg, run_dir, on_step=on_step,
-              record={"judge_run": identity})
+              record={"run": identity})
     model.eval()
     return model, evaluate_accuracy(model, x_test, test_labels)
 

@@ -315,8 +315,7 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, run_dir, steps: in
     ``initial_recon_mse`` (after the codebook initialisation, before any step), ``final_loss``,
     ``steps`` and ``train_seconds`` (summed over resumes).
     """
-    from core.errors import InputError
-    from core.train import TrainConfig, load_checkpoint, train
+    from core.train import TrainConfig, resume_same_run, train
 
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(f"train_tokenizer expects images [N, 1, 28, 28], got {tuple(images.shape)}")
@@ -332,13 +331,8 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, run_dir, steps: in
                       betas=(0.9, 0.999), warmup=warmup, min_lr_ratio=0.1, grad_clip=0.0,
                       log_every=log_every, ckpt_every=ckpt_every, seed=seed, progress=progress,
                       device=str(device), desc="tokenizer")
-    ckpt = Path(run_dir) / "checkpoints" / "last.pt"
-    if ckpt.is_file():
-        stored = load_checkpoint(ckpt).get("tokenizer_run")
-        if stored != {**identity, "train": _plain(cfg)}:
-            raise InputError(f"{run_dir} holds a tokenizer checkpoint of another run (other settings, "
-                             "data or seed): use another folder, or delete it to train from scratch")
-        cfg.resume = True
+    identity["train"] = _plain(cfg)
+    cfg.resume = resume_same_run(run_dir, identity, "tokenizer")
     eval_x = (images[:eval_size] if eval_images is None else eval_images.float()).to(device)
     model.to(device)
     gen = torch.Generator().manual_seed(seed)
@@ -353,7 +347,7 @@ def train_tokenizer(model: VQTokenizer, images: torch.Tensor, run_dir, steps: in
         if steps > 0:
             stats = train(TokenizerObjective(model, **weights), len(images), lambda idx: images[idx],
                           cfg, run_dir, on_step=on_step,
-                          record={"tokenizer_run": {**identity, "train": _plain(cfg)}})
+                          record={"run": identity})
         model.eval()
         metrics = evaluate_tokenizer(model, eval_x)
     metrics.update({"initial_recon_mse": initial, "final_loss": stats["final_loss"],

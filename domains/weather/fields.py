@@ -175,10 +175,15 @@ def stride_of(times: np.ndarray, step_hours: float) -> int:
     return int(round(stride))
 
 
+def training_series(cfg, split: str):
+    """The period as training reads it: every member of an ensemble store, or the one
+    ``domain.member`` names."""
+    ds = open_period(cfg, split)
+    return ds if member_of(cfg) is None else one_member(cfg, ds)
+
+
 def fit_normalizer(cfg) -> Normalizer:
-    ds = open_period(cfg, "train")
-    if member_of(cfg) is not None:
-        ds = one_member(cfg, ds)
+    ds = training_series(cfg, "train")
     fields = load_fields(ds, channel_list(cfg))
     stride = stride_of(ds["time"].values, float(cfg.domain.step_hours))
     return Normalizer.fit(fields, ds["latitude"].values, stride)
@@ -186,9 +191,7 @@ def fit_normalizer(cfg) -> Normalizer:
 
 def load_split(cfg, split: str, normalizer: Normalizer | None = None) -> WeatherData:
     """Fields of the split's period on the support; statistics from the training period."""
-    ds = open_period(cfg, split)
-    if member_of(cfg) is not None:
-        ds = one_member(cfg, ds)
+    ds = training_series(cfg, split)
     chans = channel_list(cfg)
     fields = load_fields(ds, chans)                  # [T, C, lat, lon] or [T, M, C, lat, lon]
     times = ds["time"].values

@@ -25,7 +25,7 @@ import numpy as np
 import xarray as xr
 
 from domains.weather import synthetic as S
-from domains.weather.data import UPPER_AIR, WeatherDataError, wb2_grid
+from domains.weather.data import UPPER_AIR, WeatherDataError
 
 # channels affine in the latent anomalies A (Z500) and B (the part of T850 not tied to A)
 AFFINE = ("geopotential", "temperature", "2m_temperature", "mean_sea_level_pressure")
@@ -43,14 +43,8 @@ class LinearStoreOracle:
         if settings.get("version") != S.GENERATOR_VERSION:
             raise WeatherDataError(f"the store was made by generator version {settings.get('version')}, "
                                    f"this code has {S.GENERATOR_VERSION}: regenerate the store")
-        self.settings = settings
-        latitude, longitude = wb2_grid(settings["grid"])
-        step = int(settings["step_hours"])
-        n_times = int(round(settings["years"] * 365.25 * 24 / step))
-        times = np.datetime64(settings["start"], "s") + np.arange(n_times) * np.timedelta64(step * 3600, "s")
-        self.step_hours = step
-        self.gen = S._Generator(latitude, longitude, times, step, settings["levels"],
-                                settings["variables"], settings["seed"])
+        step = self.step_hours = int(settings["step_hours"])
+        self.gen = S.generator(settings)
         harm = self.gen.harm
         # per process: sigma (per real degree of freedom), r (per step), angular speed
         self.params = [S.process_parameters(harm, step, slope)
@@ -126,15 +120,15 @@ class LinearStoreOracle:
         harm = self.gen.harm
         has_sine = harm.m > 0
         per_var = {v: [] for v in variables}
-        for i, n0 in enumerate(n0s):
+        for n0 in n0s:
             if n0 + steps.max() >= len(self.gen.times):
                 raise ValueError("a lead runs past the end of the store")
             rng = np.random.default_rng([int(seed), int(n0)])
             paths = []
             for p in range(3):
                 sigma, r, _ = self.params[p]
-                w = np.broadcast_to(self._moving(p, n0), (members, harm.l.size)).copy()
-                by_step = {0: w.copy()}
+                w = np.broadcast_to(self._moving(p, n0), (members, harm.l.size))
+                by_step = {0: w}
                 for s in range(1, steps.max() + 1):
                     noise = rng.standard_normal((2, members, harm.l.size))
                     w = r * w + sigma * np.sqrt(1 - r ** 2) * (noise[0] - 1j * noise[1] * has_sine)

@@ -366,6 +366,17 @@ def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=
     }
 
 
+def generator(cfg: dict) -> _Generator:
+    """The generator of a store with canonical settings ``cfg`` (``_settings``; a store's own
+    are in its ``c2f_synthetic`` attribute): its times, latent series and fields."""
+    latitude, longitude = wb2_grid(cfg["grid"])
+    n_times = int(round(cfg["years"] * 365.25 * 24 / cfg["step_hours"]))
+    times = (np.datetime64(cfg["start"], "s")
+             + np.arange(n_times) * np.timedelta64(cfg["step_hours"] * 3600, "s"))
+    return _Generator(latitude, longitude, times, cfg["step_hours"], cfg["levels"],
+                      cfg["variables"], cfg["seed"])
+
+
 def synthetic_dataset(**settings) -> xr.Dataset:
     """The synthetic data as a lazy (dask) dataset in WB2 layout; values are made per time block
     as they are written or loaded. Takes the keyword arguments of :func:`make_synthetic_era5`."""
@@ -374,11 +385,8 @@ def synthetic_dataset(**settings) -> xr.Dataset:
 
     cfg = _settings(**settings)
     latitude, longitude = wb2_grid(cfg["grid"])
-    n_times = int(round(cfg["years"] * 365.25 * 24 / cfg["step_hours"]))
-    times = (np.datetime64(cfg["start"], "s")
-             + np.arange(n_times) * np.timedelta64(cfg["step_hours"] * 3600, "s"))
-    gen = _Generator(latitude, longitude, times, cfg["step_hours"], cfg["levels"],
-                     cfg["variables"], cfg["seed"])
+    gen = generator(cfg)
+    times, n_times = gen.times, len(gen.times)
     chunk = max(1, cfg["time_chunk"])
     block = chunk * max(1, 256 // chunk)               # whole store chunks per generated block
     nlev, nlat, nlon = len(cfg["levels"]), latitude.size, longitude.size

@@ -78,10 +78,10 @@ def test_closed_form_crps_is_the_large_ensemble_limit_and_beats_persistence(orac
     assert bool((exact < 0.8 * persist).to_array().all())
 
 
-def test_only_synthetic_stores_have_an_oracle(tmp_path):
+def test_only_synthetic_stores_have_an_oracle(oracle, tmp_path):
     (tmp_path / "other.zarr").mkdir()
     assert store_settings(tmp_path / "other.zarr") is None
     with pytest.raises(Exception, match="not a built-in synthetic store"):
         LinearStoreOracle.for_store(tmp_path / "other.zarr")
     with pytest.raises(ValueError, match="not multiples"):
-        LinearStoreOracle(SETTINGS).gaussian(LinearStoreOracle(SETTINGS).gen.times[:1], [np.timedelta64(5, "h")])
+        oracle.gaussian(oracle.gen.times[:1], [np.timedelta64(5, "h")])
