@@ -24,7 +24,10 @@ def store_path(cfg) -> str:
     """The configured store, or the built-in synthetic ERA5 (generated once, then cached)."""
     if cfg.domain.store:
         return str(cfg.domain.store)
-    settings = dict(cfg.domain.synthetic)
+    from omegaconf import DictConfig, OmegaConf
+
+    settings = cfg.domain.synthetic
+    settings = OmegaConf.to_container(settings) if isinstance(settings, DictConfig) else dict(settings)
     return str(ensure_synthetic(**settings))
 
 

@@ -1,4 +1,10 @@
-"""The exact limit on the built-in linear store: the generator's own forecast.
+"""The limits on the built-in stores: the generator's own forecast.
+
+On the linear store the limit is exact (below); on the nonlinear QG store (``qg.py``) it is the
+perfect-model ensemble, :class:`PerfectModel`.
+
+The linear store
+----------------
 
 The synthetic store (``synthetic.py``) is linear and Gaussian in its latent spectral
 coefficients. In the frame that turns with each wave, every real coefficient of degree l is an
@@ -31,6 +37,39 @@ from domains.weather.data import UPPER_AIR, WeatherDataError
 AFFINE = ("geopotential", "temperature", "2m_temperature", "mean_sea_level_pressure")
 
 
+def forecast_dataset(fields: dict, init, leads, members: int, lat, lon, levels) -> xr.Dataset:
+    """Fields {var: [init, lead, member, (level), lon, lat]} in the forecast layout."""
+    out = {}
+    for var, x in fields.items():
+        dims = ("time", "prediction_timedelta", "number") + (
+            ("level",) if var in UPPER_AIR else ()) + ("longitude", "latitude")
+        out[var] = (dims, x.astype(np.float32))
+    coords = {"time": np.asarray(init).astype("datetime64[ns]"),
+              "prediction_timedelta": np.asarray(leads).astype("timedelta64[ns]"),
+              "number": np.arange(members), "longitude": lon, "latitude": lat}
+    if any(v in UPPER_AIR for v in fields):
+        coords["level"] = np.array(levels, dtype=np.int64)
+    return xr.Dataset(out, coords)
+
+
+def _lead_steps(leads, step_hours: float, what: str) -> np.ndarray:
+    hours = np.asarray(leads).astype("timedelta64[s]").astype(np.int64) / 3600.0
+    steps = hours / step_hours
+    if np.any(np.abs(steps - np.round(steps)) > 1e-9) or np.any(steps < 0):
+        raise ValueError(f"leads {hours} h are not multiples of the {what}'s {step_hours:g} h step")
+    return np.round(steps).astype(int)
+
+
+def _time_index(times, init_times) -> np.ndarray:
+    init = np.asarray(init_times).astype("datetime64[s]")
+    times = np.asarray(times).astype("datetime64[s]")
+    idx = np.searchsorted(times, init)
+    ok = (idx < len(times)) & (times[np.minimum(idx, len(times) - 1)] == init)
+    if not ok.all():
+        raise ValueError(f"initial times {init[~ok][:3]} are not times of the store")
+    return idx
+
+
 def store_settings(path) -> dict | None:
     """The generator settings of a built-in synthetic store, or None for any other store."""
     return S._stored_settings(Path(path))
@@ -54,26 +93,17 @@ class LinearStoreOracle:
     @classmethod
     def for_store(cls, path) -> "LinearStoreOracle":
         settings = store_settings(path)
-        if settings is None:
+        if settings is None or settings.get("model", "linear") != "linear":
             raise WeatherDataError(f"{path} is not a built-in synthetic store: the exact oracle "
                                    "exists only for the linear synthetic store")
         return cls(settings)
 
     # ---------------------------------------------------------------- indices and coefficients
     def _index(self, init_times) -> np.ndarray:
-        init = np.asarray(init_times).astype("datetime64[s]")
-        idx = np.searchsorted(self.gen.times, init)
-        ok = (idx < len(self.gen.times)) & (self.gen.times[np.minimum(idx, len(self.gen.times) - 1)] == init)
-        if not ok.all():
-            raise ValueError(f"initial times {init[~ok][:3]} are not times of the store")
-        return idx
+        return _time_index(self.gen.times, init_times)
 
     def _steps(self, leads) -> np.ndarray:
-        hours = np.asarray(leads).astype("timedelta64[s]").astype(np.int64) / 3600.0
-        steps = hours / self.step_hours
-        if np.any(np.abs(steps - np.round(steps)) > 1e-9) or np.any(steps < 0):
-            raise ValueError(f"leads {hours} h are not multiples of the store's {self.step_hours} h step")
-        return np.round(steps).astype(int)
+        return _lead_steps(leads, self.step_hours, "store")
 
     def _seconds(self, n) -> np.ndarray:
         return np.asarray(n) * self.step_hours * 3600.0
@@ -95,18 +125,8 @@ class LinearStoreOracle:
 
     # ---------------------------------------------------------------- the two forecasts
     def _dataset(self, fields: dict, init, leads, members: int) -> xr.Dataset:
-        lat, lon = self.gen.lat, self.gen.lon
-        out = {}
-        for var, x in fields.items():
-            dims = ("time", "prediction_timedelta", "number") + (
-                ("level",) if var in UPPER_AIR else ()) + ("longitude", "latitude")
-            out[var] = (dims, x.astype(np.float32))
-        coords = {"time": np.asarray(init).astype("datetime64[ns]"),
-                  "prediction_timedelta": np.asarray(leads).astype("timedelta64[ns]"),
-                  "number": np.arange(members), "longitude": lon, "latitude": lat}
-        if any(v in UPPER_AIR for v in fields):
-            coords["level"] = np.array(self.gen.levels, dtype=np.int64)
-        return xr.Dataset(out, coords)
+        return forecast_dataset(fields, init, leads, members, self.gen.lat, self.gen.lon,
+                                self.gen.levels)
 
     def _fields(self, z: list[np.ndarray], valid: np.ndarray, variables) -> dict:
         season, utc = S.calendar(self.gen.times[valid])
@@ -210,3 +230,70 @@ def gaussian_crps(mean: xr.Dataset, std: xr.Dataset, truth: xr.Dataset, weights=
     ds = xr.Dataset(out)
     return _spatial_mean(ds, _weights(mean, weights)).mean("time")
 
+
+
+class PerfectModel:
+    """The limit on the nonlinear (QG) store: its own model run on from the store's state.
+
+    The store keeps the model's full spectral state at every time (``synthetic.QG_STATE``). A
+    forecaster is handed the state at the initial time; what it cannot know is the stochastic
+    forcing to come. Members are therefore the true model started from the exact state with
+    fresh noise: a sample of the true conditional distribution, so the ensemble is calibrated by
+    construction (no perturbation size to tune) and its fair CRPS is the floor for an ensemble
+    of that size, up to sampling error."""
+
+    def __init__(self, path):
+        from domains.weather.qg import QG_VERSION
+
+        settings = store_settings(path)
+        if settings is None or settings.get("model") != "qg":
+            raise WeatherDataError(f"{path} is not a built-in QG store: the perfect-model "
+                                   "ensemble exists only for domain.synthetic.model=qg")
+        if settings["qg"].get("version") != QG_VERSION:
+            raise WeatherDataError(f"the store was made by QG version {settings['qg'].get('version')}, "
+                                   f"this code has {QG_VERSION}: regenerate the store")
+        self.path = Path(path)
+        self.gen = S.generator(settings, run=False)
+        self.model = self.gen.model
+        self.step_hours = float(self.model.params["dt_hours"])
+
+    def _states(self, init_times) -> np.ndarray:
+        from domains.weather.store import open_store
+
+        ds = open_store(self.path)
+        idx = _time_index(ds["time"].values, init_times)
+        x = ds[S.QG_STATE].isel(time=xr.DataArray(idx, dims="init")).values
+        return x[..., 0] + 1j * x[..., 1]                        # [init, layer, m, l]
+
+    def ensemble(self, init_times, leads, members: int, seed: int = 0, variables=None,
+                 progress: bool = False) -> xr.Dataset:
+        """``members`` runs of the true model from each initial state (fresh noise each), in the
+        forecast layout (``time``, ``prediction_timedelta``, ``number``, [``level``], lon, lat)."""
+        from tqdm.auto import tqdm
+
+        from domains.weather.data import resolve_variable
+
+        variables = [resolve_variable(v) for v in (variables or self.gen.variables)]
+        steps = _lead_steps(leads, self.step_hours, "QG model")
+        init = np.asarray(init_times).astype("datetime64[s]")
+        q = np.repeat(self._states(init)[:, None], members, axis=1)   # [init, member, 2, M, L]
+        rng = np.random.default_rng([int(seed), 9])
+        at = {}
+        for n in tqdm(range(steps.max() + 1), desc="perfect model", disable=not progress,
+                      mininterval=2.0, leave=False):
+            if n:
+                q = self.model.step(q, rng)
+            if n in steps:
+                at[n] = q
+        per_var = {v: [] for v in variables}
+        for k, lead in zip(steps, np.asarray(leads).astype("timedelta64[s]")):
+            valid = np.repeat(init + lead, members)
+            season, utc = S.calendar(valid)
+            flat = at[k].reshape((-1,) + q.shape[2:])
+            fields = self.gen.fields(flat, season, utc, variables)   # init-major, as valid
+            for v in variables:
+                x = fields[v]
+                per_var[v].append(x.reshape((len(init), members) + x.shape[1:]))
+        stacked = {v: np.stack(per_var[v], axis=1) for v in variables}   # [init, lead, member, ...]
+        return forecast_dataset(stacked, init, leads, members, self.gen.lat, self.gen.lon,
+                                self.gen.levels)

@@ -3,7 +3,8 @@
 ``python -m core.run domain=weather`` trains the one-step model (core trainer, examples from
 ``fields.py``), forecasts the held-out period (``task=forecast``, also the ``sample`` step of
 ``task=all``) and scores it WeatherBench2's way against the truth and against persistence and
-climatology, and on the built-in store against its exact limit (``oracle.py``; ``task=evaluate``).
+climatology, and on the built-in stores against their limits (``oracle.py``: the exact forecast on
+the linear store, the perfect-model ensemble on the QG store; ``task=evaluate``).
 """
 from __future__ import annotations
 
@@ -93,18 +94,23 @@ def evaluate(cfg, run_dir: Path) -> dict:
         "climatology_ensemble": S.climatology_forecast(train_truth, init, leads,
                                                        members=int(fc.sizes["number"])),
     }
-    from domains.weather.oracle import LinearStoreOracle, gaussian_crps, store_settings
+    from domains.weather.oracle import LinearStoreOracle, PerfectModel, gaussian_crps, store_settings
 
     exact = None
     settings = store_settings(F.store_path(cfg))
-    if settings is not None:  # the built-in linear store: its exact limit scores too
+    members, variables = int(fc.sizes["number"]), list(fc.data_vars)
+    if settings is not None and settings.get("model", "linear") == "linear":
+        # the built-in linear store: its exact limit scores too
         oracle = LinearStoreOracle(settings)
-        variables = list(fc.data_vars)
-        models["oracle"] = _on_levels(oracle.ensemble(init, leads, int(fc.sizes["number"]),
-                                                      seed=int(cfg.seed), variables=variables), fc)
+        models["oracle"] = _on_levels(oracle.ensemble(init, leads, members, seed=int(cfg.seed),
+                                                      variables=variables), fc)
         mean, std = oracle.gaussian(init, leads, variables=variables)
         if mean.data_vars:
             exact = gaussian_crps(_on_levels(mean, fc), _on_levels(std, fc), truth)
+    elif settings is not None:  # the nonlinear QG store: the true model's own ensemble
+        models["perfect_model"] = _on_levels(PerfectModel(F.store_path(cfg)).ensemble(
+            init, leads, members, seed=int(cfg.seed), variables=variables,
+            progress=bool(cfg.progress)), fc)
     scores = {name: S.score(ds, truth) for name, ds in models.items()}
     metrics: dict = {}
     if exact is not None:

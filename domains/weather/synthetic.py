@@ -63,6 +63,7 @@ import hashlib
 import json
 import logging
 import operator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,11 @@ from domains.weather.data import (SHORT_NAMES, UPPER_AIR, WeatherDataError, reso
                                   wb2_grid)
 
 __all__ = ["ALL_VARIABLES", "make_synthetic_era5", "synthetic_dataset", "default_synthetic_path",
-           "ensure_synthetic", "power_spectrum", "GENERATOR_VERSION"]
+           "ensure_synthetic", "power_spectrum", "GENERATOR_VERSION", "MODELS", "QG_STATE"]
 
 GENERATOR_VERSION = 1  # bump when the model changes: cached stores are keyed by it
+MODELS = ("linear", "qg")  # the linear Gaussian store below; the nonlinear one in qg.py
+QG_STATE = "qg_potential_vorticity"
 ALL_VARIABLES = tuple(SHORT_NAMES)
 
 # physical constants
@@ -288,63 +291,87 @@ class _Generator:
     def fields(self, z_a, z_b, z_m, season, utc_hours, variables=None) -> dict[str, np.ndarray]:
         """``variables`` (default: the store's) from latent coefficients [T, K] (and each time's
         season and UTC hour), in WB2 dim order: the store's times (``block``) or the oracle's."""
-        variables = self.variables if variables is None else list(variables)
         mu, cos = self.mu, self.cos
         s = season[:, None, None]
         a, a_lat, a_lon = self._anomaly(z_a, Z_ANOMALY_RMS)
         b, b_lat, b_lon = self._anomaly(z_b, T_ANOMALY_RMS)
-        moist = self.harm.synthesize(z_m, self.harm.p)
+        state = Balanced(
+            z500=55400.0 + 8000.0 * (1 / 3 - mu ** 2) + 2500.0 * mu ** 3 * s + a,
+            z500_lat=cos * (-16000.0 * mu + 7500.0 * mu ** 2 * s) + a_lat,
+            z500_lon=a_lon,
+            t850=280.0 + 37.0 * (1 / 3 - mu ** 2) + 10.0 * mu ** 3 * s + T_PER_Z * a + b,
+            t850_lat=cos * (-74.0 * mu + 30.0 * mu ** 2 * s) + T_PER_Z * a_lat + b_lat,
+            t850_lon=T_PER_Z * a_lon + b_lon,
+            moisture=self.harm.synthesize(z_m, self.harm.p))
+        return diagnose(state, self, utc_hours, self.variables if variables is None else variables)
 
-        z500 = 55400.0 + 8000.0 * (1 / 3 - mu ** 2) + 2500.0 * mu ** 3 * s + a
-        z500_lat = cos * (-16000.0 * mu + 7500.0 * mu ** 2 * s) + a_lat
-        t850 = 280.0 + 37.0 * (1 / 3 - mu ** 2) + 10.0 * mu ** 3 * s + T_PER_Z * a + b
-        t850_lat = cos * (-74.0 * mu + 30.0 * mu ** 2 * s) + T_PER_Z * a_lat + b_lat
-        t850_lon = T_PER_Z * a_lon + b_lon
-        rh = 0.55 + 0.3 * np.tanh(moist)
 
-        def geostrophic(c):
-            zl = z500_lat + c * t850_lat
-            zx = a_lon + c * t850_lon
-            return (-self.inv_f / EARTH_RADIUS) * zl, (self.inv_f / EARTH_RADIUS) * zx
+@dataclass
+class Balanced:
+    """Z500 and T850 [T, lat, lon] with their gradients (d/dlat, d/dlon / cos lat), and a
+    moisture anomaly: everything the store's variables are diagnosed from."""
+    z500: np.ndarray
+    z500_lat: np.ndarray
+    z500_lon: np.ndarray
+    t850: np.ndarray
+    t850_lat: np.ndarray
+    t850_lon: np.ndarray
+    moisture: np.ndarray
 
-        out = {}
-        wanted = set(variables)
-        if wanted & set(UPPER_AIR):
-            per_level = {v: [] for v in UPPER_AIR}
-            for p in self.levels:
-                g, c = _level_factors(float(p))
-                t_p = g * t850
-                u, v = geostrophic(c)
-                per_level["geopotential"].append(z500 + c * t850)
-                per_level["temperature"].append(t_p)
-                per_level["u_component_of_wind"].append(u)
-                per_level["v_component_of_wind"].append(v)
-                per_level["specific_humidity"].append(rh * _q_sat(t_p, 100.0 * p))
-            for var in UPPER_AIR:
-                if var in wanted:
-                    out[var] = np.stack(per_level[var], axis=1)
-        g1000, c1000 = _level_factors(1000.0)
-        if "2m_temperature" in wanted:
-            lst = (utc_hours[:, None, None] + self.lon[None, None, :] / 15.0) % 24.0
-            out["2m_temperature"] = g1000 * t850 + 3.0 * cos * np.cos(2 * np.pi * (lst - 15) / 24)
-        if wanted & {"10m_u_component_of_wind", "10m_v_component_of_wind"}:
-            u, v = geostrophic(c1000)
-            turn = np.deg2rad(20.0) * mu / np.sqrt(mu ** 2 + F_CLIP ** 2)  # left in NH, right SH
-            out["10m_u_component_of_wind"] = 0.7 * (u * np.cos(turn) - v * np.sin(turn))
-            out["10m_v_component_of_wind"] = 0.7 * (u * np.sin(turn) + v * np.cos(turn))
-        if "mean_sea_level_pressure" in wanted:
-            z1000 = z500 + c1000 * t850
-            out["mean_sea_level_pressure"] = 101300.0 + 1.2 * (z1000 - (55400.0 + c1000 * 280.0))
-        return {var: np.ascontiguousarray(np.swapaxes(out[var], -1, -2), dtype=np.float32)
-                for var in variables}
+
+def diagnose(state: Balanced, grid, utc_hours, variables) -> dict[str, np.ndarray]:
+    """Every store variable from a balanced state, in WB2 dim order (lon before lat): levels by
+    the lapse-rate profile, winds by geostrophy, humidity from the moisture anomaly, the surface
+    variables from 1000 hPa (``grid`` gives ``mu``, ``cos``, ``inv_f`` [lat, 1] and ``lon``)."""
+    mu, cos = grid.mu, grid.cos
+    rh = 0.55 + 0.3 * np.tanh(state.moisture)
+
+    def geostrophic(c):
+        zl = state.z500_lat + c * state.t850_lat
+        zx = state.z500_lon + c * state.t850_lon
+        return (-grid.inv_f / EARTH_RADIUS) * zl, (grid.inv_f / EARTH_RADIUS) * zx
+
+    out = {}
+    wanted = set(variables)
+    if wanted & set(UPPER_AIR):
+        per_level = {v: [] for v in UPPER_AIR}
+        for p in grid.levels:
+            g, c = _level_factors(float(p))
+            t_p = g * state.t850
+            u, v = geostrophic(c)
+            per_level["geopotential"].append(state.z500 + c * state.t850)
+            per_level["temperature"].append(t_p)
+            per_level["u_component_of_wind"].append(u)
+            per_level["v_component_of_wind"].append(v)
+            per_level["specific_humidity"].append(rh * _q_sat(t_p, 100.0 * p))
+        for var in UPPER_AIR:
+            if var in wanted:
+                out[var] = np.stack(per_level[var], axis=1)
+    g1000, c1000 = _level_factors(1000.0)
+    if "2m_temperature" in wanted:
+        lst = (utc_hours[:, None, None] + grid.lon[None, None, :] / 15.0) % 24.0
+        out["2m_temperature"] = g1000 * state.t850 + 3.0 * cos * np.cos(2 * np.pi * (lst - 15) / 24)
+    if wanted & {"10m_u_component_of_wind", "10m_v_component_of_wind"}:
+        u, v = geostrophic(c1000)
+        turn = np.deg2rad(20.0) * mu / np.sqrt(mu ** 2 + F_CLIP ** 2)  # left in NH, right SH
+        out["10m_u_component_of_wind"] = 0.7 * (u * np.cos(turn) - v * np.sin(turn))
+        out["10m_v_component_of_wind"] = 0.7 * (u * np.sin(turn) + v * np.cos(turn))
+    if "mean_sea_level_pressure" in wanted:
+        z1000 = state.z500 + c1000 * state.t850
+        out["mean_sea_level_pressure"] = 101300.0 + 1.2 * (z1000 - (55400.0 + c1000 * 280.0))
+    return {var: np.ascontiguousarray(np.swapaxes(out[var], -1, -2), dtype=np.float32)
+            for var in variables}
 
 
 # --------------------------------------------------------------------------- settings and stores
 
 
 def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=(500, 850),
-              variables=ALL_VARIABLES, seed=0, fmt="zarr", time_chunk=4) -> dict:
+              variables=ALL_VARIABLES, seed=0, fmt="zarr", time_chunk=4, model="linear",
+              qg=None) -> dict:
     """Canonical, JSON-able settings: the cache key and the attribute stored with the data."""
+    if model not in MODELS:
+        raise ValueError(f"domain.synthetic.model must be one of {', '.join(MODELS)}, got '{model}'")
     if fmt not in ("zarr", "netcdf"):
         raise ValueError(f"fmt must be 'zarr' or 'netcdf', got '{fmt}'")
     if isinstance(variables, str):
@@ -358,21 +385,42 @@ def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=
     if float(years) <= 0 or int(step_hours) <= 0 or 24 % int(step_hours):
         raise ValueError(f"years must be positive and step_hours divide 24, got {years} and "
                          f"{step_hours}")
-    return {
+    out = {
         "grid": str(grid), "start": str(np.datetime64(str(start), "s")), "years": float(years),
         "step_hours": int(step_hours), "levels": sorted({int(p) for p in levels}),
         "variables": [v for v in ALL_VARIABLES if v in names], "seed": int(seed), "fmt": fmt,
-        "time_chunk": int(time_chunk), "version": GENERATOR_VERSION,
+        "time_chunk": int(time_chunk), "model": model, "version": GENERATOR_VERSION,
     }
+    if model == "qg":  # every parameter of the model is part of the store's identity
+        from domains.weather.qg import PARAMETERS, QG_VERSION
+
+        given = {k: v for k, v in dict(qg or {}).items() if k != "version"}
+        unknown = sorted(set(given) - set(PARAMETERS))
+        if unknown:
+            raise ValueError(f"domain.synthetic.qg has no setting(s) {', '.join(unknown)}; "
+                             f"it has {', '.join(PARAMETERS)}")
+        merged = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                  for k, v in {**PARAMETERS, **given}.items()}
+        out["qg"] = {**merged, "version": QG_VERSION}
+    elif qg:
+        raise ValueError("domain.synthetic.qg settings need domain.synthetic.model=qg")
+    return out
 
 
-def generator(cfg: dict) -> _Generator:
+def generator(cfg: dict, run: bool = True):
     """The generator of a store with canonical settings ``cfg`` (``_settings``; a store's own
-    are in its ``c2f_synthetic`` attribute): its times, latent series and fields."""
+    are in its ``c2f_synthetic`` attribute): its times, latent series or states, and fields.
+    ``run=False`` skips the QG store's integration (its states are in the store)."""
     latitude, longitude = wb2_grid(cfg["grid"])
     n_times = int(round(cfg["years"] * 365.25 * 24 / cfg["step_hours"]))
     times = (np.datetime64(cfg["start"], "s")
              + np.arange(n_times) * np.timedelta64(cfg["step_hours"] * 3600, "s"))
+    if cfg.get("model", "linear") == "qg":
+        from domains.weather.qg import QGGenerator
+
+        params = {k: v for k, v in cfg["qg"].items() if k != "version"}
+        return QGGenerator(latitude, longitude, times, cfg["step_hours"], cfg["levels"],
+                           cfg["variables"], cfg["seed"], params, run=run)
     return _Generator(latitude, longitude, times, cfg["step_hours"], cfg["levels"],
                       cfg["variables"], cfg["seed"])
 
@@ -417,6 +465,13 @@ def synthetic_dataset(**settings) -> xr.Dataset:
         "latitude": ("latitude", latitude, {"units": "degrees_north", "long_name": "latitude"}),
         "longitude": ("longitude", longitude, {"units": "degrees_east", "long_name": "longitude"}),
     }
+    if cfg["model"] == "qg":  # the model's full state, from which the perfect-model ensemble starts
+        state = gen.state_array()
+        data_vars[QG_STATE] = xr.Variable(
+            ("time", "qg_layer", "qg_order", "qg_degree", "qg_part"),
+            dsa.from_array(state, chunks=(block,) + state.shape[1:]),
+            {"long_name": "potential vorticity of the two-level QG model (spectral, T21)",
+             "units": "s**-1"})
     attrs = {"title": "synthetic ERA5-like data in WeatherBench2 layout (coarse2fine)",
              "c2f_synthetic": json.dumps(cfg, sort_keys=True)}
     return xr.Dataset(data_vars, coords, attrs)
@@ -424,7 +479,7 @@ def synthetic_dataset(**settings) -> xr.Dataset:
 
 def make_synthetic_era5(path, *, grid="64x32", start="2015-01-01", years=3.0, step_hours=6,
                         levels=(500, 850), variables=ALL_VARIABLES, seed=0, fmt="zarr",
-                        time_chunk=4) -> Path:
+                        time_chunk=4, model="linear", qg=None) -> Path:
     """Write the synthetic store to ``path`` atomically (temporary name, then rename).
 
     ``fmt="zarr"`` writes Zarr format 2 with consolidated metadata; ``"netcdf"`` a netCDF-4
@@ -436,7 +491,7 @@ def make_synthetic_era5(path, *, grid="64x32", start="2015-01-01", years=3.0, st
 
     ds = synthetic_dataset(grid=grid, start=start, years=years, step_hours=step_hours,
                            levels=levels, variables=variables, seed=seed, fmt=fmt,
-                           time_chunk=time_chunk)
+                           time_chunk=time_chunk, model=model, qg=qg)
     chunk = max(1, int(time_chunk))
     enc = {"time": {"units": "hours since 1900-01-01", "calendar": "proleptic_gregorian",
                     "dtype": "int64"}}
@@ -495,6 +550,7 @@ def ensure_synthetic(path=None, **settings) -> Path:
             f"holds synthetic data made with other settings ({have})")
         raise WeatherDataError(f"'{path}' {what}; remove it or choose another path")
     logging.getLogger("c2f").info(
-        "generating the synthetic ERA5-like store (%s grid, %s years; under a minute at the default "
-        "settings, once); it is cached in %s", cfg["grid"], cfg.get("years"), path)
+        "generating the synthetic ERA5-like store (%s model, %s grid, %s years; about a minute at "
+        "the default settings, once); it is cached in %s", cfg["model"], cfg["grid"],
+        cfg.get("years"), path)
     return make_synthetic_era5(path, **settings)
