@@ -47,19 +47,31 @@ def read_throughput(cfg, repeats: int = 1) -> dict:
     return {"read_mb_per_second": nbytes / seconds / 2**20, "read_times_per_second": ntimes / seconds}
 
 
-COLUMNS = (("model", ""), ("oracle ensemble", "oracle/"), ("oracle exact", "oracle_exact/"),
-           ("persistence", "persistence/"), ("climatology", "climatology/"),
-           ("climatological ensemble", "climatology_ensemble/"))
+BASELINES = (("persistence", "persistence/"), ("climatology", "climatology/"),
+             ("climatological ensemble", "climatology_ensemble/"))
+# the limit of each built-in store: (name, metrics prefix); the first is the ratio's denominator
+LIMITS = {"linear": (("oracle ensemble", "oracle/"), ("oracle exact", "oracle_exact/")),
+          "qg": (("perfect model", "perfect_model/"),)}
 
 
-def _row(m: dict, metric: str, ch: str, lead: str) -> str:
+MODELS = (("model", ""), ("model, raw", "model_raw/"))  # calibrated (when a val period is set), raw
+
+
+def columns(store: str) -> tuple:
+    return MODELS + LIMITS.get(store, ()) + BASELINES
+
+
+def _row(m: dict, metric: str, ch: str, lead: str, store: str) -> str:
     def get(prefix):
         v = m.get(f"{prefix}{metric}/{ch}/{lead}")
         return "-" if v is None else f"{v:.4g}"
 
-    model, limit = m.get(f"{metric}/{ch}/{lead}"), m.get(f"oracle/{metric}/{ch}/{lead}")
+    limit_prefix = LIMITS[store][0][1] if store in LIMITS else None
+    model = m.get(f"{metric}/{ch}/{lead}")
+    limit = m.get(f"{limit_prefix}{metric}/{ch}/{lead}") if limit_prefix else None
     ratio = "-" if model is None or not limit else f"{model / limit:.3f}"
-    return f"| {ch} | {lead} | " + " | ".join(get(prefix) for _, prefix in COLUMNS) + f" | {ratio} |"
+    return (f"| {ch} | {lead} | " + " | ".join(get(prefix) for _, prefix in columns(store))
+            + f" | {ratio} |")
 
 
 def main():
@@ -101,8 +113,29 @@ def main():
     hours = [24 * d for d in (1, 3, 5, 7, 10) if d * 24 <= cfg.domain.forecast.lead_steps * cfg.domain.step_hours]
     leads = [f"{h}h" for h in hours]
     cmd = "python benchmarks/weather.py " + " ".join(sys.argv[1:])
+    store = "real" if cfg.domain.store else str(cfg.domain.synthetic.get("model", "linear"))
+    cols = columns(store)
+    limit_name = LIMITS[store][0][0] if store in LIMITS else None
+    title = {"linear": "the built-in linear synthetic ERA5",
+             "qg": "the built-in nonlinear (two-level QG) synthetic ERA5"}.get(store, "a real store")
+    limit_text = {
+        "linear": [
+            "The oracle is the exact limit of the built-in linear store (`domains/weather/oracle.py`): "
+            "the generator's own conditional distribution given the state at the initial time. "
+            "`oracle ensemble` is that many members drawn from it (the generator run on with fresh "
+            "noise), scored like the model; `oracle exact` its Gaussian CRPS in closed form (an "
+            "infinite ensemble; the affine channels only). `model / oracle ensemble` divides by the "
+            "oracle ensemble of the same size (1 is the best any forecaster can reach).", ""],
+        "qg": [
+            "The store is the two-level quasi-geostrophic model of `domains/weather/qg.py` "
+            "(baroclinic, chaotic, stochastically forced). The perfect model is its limit "
+            "(`domains/weather/oracle.py`, `PerfectModel`): the true model run on from the store's "
+            "exact state at the initial time with fresh noise, as many members as the forecast, "
+            "scored like the model. `model / perfect model` divides by it (1 is the best a "
+            "forecaster handed the state can reach, up to sampling error).", ""],
+    }.get(store, [])
     lines = [
-        "# Weather: ensemble forecasts on the built-in synthetic ERA5",
+        f"# Weather: ensemble forecasts on {title}",
         "",
         f"Command: `{cmd.strip()}` (the main run `python -m core.run +experiment=weather_main`"
         f"{' with ' + ' '.join(shown[2:]) if len(shown) > 2 else ''}); a finished run is "
@@ -123,26 +156,30 @@ def main():
         "ensemble as many training states of the same hour on the nearest calendar days as the "
         "forecast has members.",
         "",
-        "The oracle is the exact limit of the built-in linear store (`domains/weather/oracle.py`): "
-        "the generator's own conditional distribution given the state at the initial time. "
-        "`oracle ensemble` is that many members drawn from it (the generator run on with fresh "
-        "noise), scored like the model; `oracle exact` its Gaussian CRPS in closed form (an "
-        "infinite ensemble; the affine channels only). `model / oracle` divides by the oracle "
-        "ensemble of the same size (1 is the best any forecaster can reach).",
-        "",
-    ]
-    for metric, title in (("crps", "CRPS (lower is better)"), ("rmse", "RMSE of the ensemble mean")):
-        lines += [f"## {title}", "", "| channel | lead | " + " | ".join(n for n, _ in COLUMNS)
-                  + " | model / oracle |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
-        lines += [_row(m, metric, ch, lead) for ch in headline for lead in leads]
+    ] + limit_text
+    for metric, heading in (("crps", "CRPS (lower is better)"), ("rmse", "RMSE of the ensemble mean")):
+        lines += [f"## {heading}", "", "| channel | lead | " + " | ".join(n for n, _ in cols)
+                  + f" | model / {limit_name or 'limit'} |", "|---|---|" + "---|" * (len(cols) + 1)]
+        lines += [_row(m, metric, ch, lead, store) for ch in headline for lead in leads]
         lines.append("")
     lines += ["## Spread/skill (1 = calibrated)", "", "| channel | forecast | " + " | ".join(leads) + " |",
               "|---|---|" + "---|" * len(leads)]
     for ch in headline:
-        for name, prefix in (("model", ""), ("oracle ensemble", "oracle/")):
+        for name, prefix in MODELS + LIMITS.get(store, ())[:1]:
             vals = [m.get(f"{prefix}spread_skill/{ch}/{lead}") for lead in leads]
             if any(v is not None for v in vals):
                 lines.append(f"| {ch} | {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+    if any(k.startswith("spread_factor/") for k in m):
+        lines += ["", "## Spread calibration", "",
+                  f"Fitted on {int(m.get('forecast/validation_inits', 0))} validation forecasts "
+                  f"({cfg.domain.val_period[0]} to {cfg.domain.val_period[1]}, apart from training "
+                  "and test): each member's deviation from the ensemble mean is multiplied by the "
+                  "factor of its channel and lead (`domains/weather/calibrate.py`); `model, raw` is "
+                  "the forecast before it.", "",
+                  "| channel | " + " | ".join(leads) + " |", "|---|" + "---|" * len(leads)]
+        for ch in headline:
+            vals = [m.get(f"spread_factor/{ch}/{lead}") for lead in leads]
+            lines.append(f"| {ch} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
     lines += ["", "## Speed", "",
               f"- forecast: {m.get('forecast/member_steps_per_second', float('nan')):.2f} member-steps "
               f"per second ({m.get('forecast/nfe_per_member_step', float('nan')):.0f} refiner calls each)",
