@@ -83,7 +83,7 @@ def test_weather_forecast_is_the_same_on_two_ranks(tmp_path):
     import xarray as xr
 
     weather = ["domain=weather", "progress=false", "domain.synthetic.years=0.12",
-               "domain.train_period=[2015-01-01,2015-01-31]",
+               "domain.train_period=[2015-01-01,2015-01-31]", "domain.val_period=null",
                "domain.test_period=[2015-02-01,2015-02-14]", "domain.nsides=[1,2,4]",
                "refiner.d_model=32", "refiner.layers=1", "refiner.heads=2", "model.num_codes=16",
                "train.steps=2", "train.batch_size=4", "train.warmup=1", "domain.forecast.members=2",

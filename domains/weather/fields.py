@@ -127,7 +127,29 @@ def cond_channels(num_channels: int) -> int:
 
 
 def _period(cfg, split: str) -> tuple[str, str]:
-    period = cfg.domain.train_period if split == "train" else cfg.domain.test_period
+    period = {"train": cfg.domain.train_period, "test": cfg.domain.test_period,
+              "val": cfg.domain.get("val_period")}[split]
+    if period is None:
+        raise WeatherDataError(f"domain.{split}_period is not set")
+    return str(period[0]), str(period[1])
+
+
+def val_period(cfg) -> tuple[str, str] | None:
+    """``domain.val_period``, checked to share no time with the training and test periods (it
+    is where settings such as the spread calibration are fitted), or None when unset."""
+    period = cfg.domain.get("val_period")
+    if period is None:
+        return None
+    start, end = (np.datetime64(str(t)) for t in period)
+    if end < start:
+        raise WeatherDataError(f"domain.val_period ends before it starts: {list(period)}")
+    for other in ("train", "test"):
+        a, b = (np.datetime64(str(t)) for t in cfg.domain[f"{other}_period"])
+        if start <= b and a <= end:
+            raise WeatherDataError(
+                f"domain.val_period {list(period)} overlaps domain.{other}_period "
+                f"{list(cfg.domain[f'{other}_period'])}: choose a period outside both, or set "
+                "domain.val_period=null (no calibration)")
     return str(period[0]), str(period[1])
 
 

@@ -39,7 +39,8 @@ DIMS_SURFACE = ("time", "prediction_timedelta", "number", "latitude", "longitude
 # domain.forecast keys that do not change the values of a part: where and how the joined store is
 # written, what is counted apart from it, and which initial times are chosen (each part is one
 # initial time, named by it, and its draws are seeded by the run seed and that time alone)
-NOT_IN_PARTS = ("format", "path", "flops_members", "init_times", "init_every_hours", "max_inits")
+NOT_IN_PARTS = ("format", "path", "flops_members", "init_times", "init_every_hours", "max_inits",
+                "calibrate", "val_every_hours", "val_max_inits")
 # sample keys of task=sample alone (the forecast draws members x initial times, not num_samples)
 NOT_IN_FORECAST = ("num_samples", "batch_size", "flops_samples")
 
@@ -184,13 +185,16 @@ def join_parts(paths: list[Path], out: Path, netcdf: bool) -> xr.Dataset:
 
 
 def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool = True,
-                 checkpoint: Path | None = None) -> dict:
+                 checkpoint: Path | None = None, name: str = "forecast",
+                 every_hours: float | None = None, max_inits: int | None = None) -> dict:
     """Forecast every initial time of the test period that ``cfg.domain.forecast`` selects.
 
     ``test_ds`` holds the test period's analyses: ``time`` [T], ``fields`` [T, C, lat, lon]
     (physical units), ``channels``, ``latitude``, ``longitude``. ``checkpoint`` is the file the
     model's weights came from (default: the run's, as ``task=forecast`` loads it); finished parts
-    are reused only for the same checkpoint and settings.
+    are reused only for the same checkpoint and settings. The store is ``<run_dir>/<name>.zarr``
+    and its parts ``<name>_parts/``; ``every_hours`` and ``max_inits`` replace the forecast
+    settings' choice of initial times (the validation forecasts use their own).
     """
     if checkpoint is None:
         from domains.weather.plugin import _checkpoint
@@ -199,11 +203,14 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
     times = test_ds["time"]
     stride = data.stride
     lead_steps = int(f.lead_steps)
-    inits = init_times(times, stride, lead_steps, float(f.init_every_hours), f.max_inits,
-                       f.get("init_times"))
-    out_zarr = run_dir / "forecast.zarr"
+    if every_hours is None:
+        inits = init_times(times, stride, lead_steps, float(f.init_every_hours), f.max_inits,
+                           f.get("init_times"))
+    else:
+        inits = init_times(times, stride, lead_steps, float(every_hours), max_inits)
+    out_zarr = run_dir / f"{name}.zarr"
     # collective: rank 0 clears parts (and the store joined from them) of other settings
-    parts_dir, _ = keyed_folder(run_dir / "forecast_parts", parts_key(cfg, Path(checkpoint)),
+    parts_dir, _ = keyed_folder(run_dir / f"{name}_parts", parts_key(cfg, Path(checkpoint)),
                                 also=(out_zarr, out_zarr.with_suffix(".nc")))
     s = cfg.sample
     sampling = from_config(OmegaConf.merge(s, {"guidance": 0.0}), model)  # no classes to guide

@@ -24,6 +24,7 @@ from core.errors import MissingFileError
 
 @hookimpl
 def c2f_load_data(cfg, split):
+    F.val_period(cfg)  # a validation period that overlaps the others fails before training
     return F.load_split(cfg, "train" if split == "train" else "test")
 
 
@@ -65,12 +66,41 @@ def _analyses(cfg, split: str) -> dict:
 
 
 def forecast(cfg, run_dir: Path) -> dict:
-    from domains.weather.forecast import run_forecast
+    """The test period's forecast (``forecast.zarr``). With ``domain.val_period`` set and
+    ``domain.forecast.calibrate=spread``, the validation period is forecast first, the spread
+    factors are fitted there (``calibrate.py``) and applied to the test forecast; the raw one is
+    kept as ``forecast_raw.zarr``."""
+    from domains.weather.calibrate import apply_spread_factors, fit_spread_factors, save_spread_factors
+    from domains.weather.forecast import run_forecast, write_zarr_atomic
 
     train = F.load_split(cfg, "train")
     F.save_normalizer(train, run_dir)
     model = load_weights(build_model(cfg, train), _checkpoint(cfg, run_dir)).to(current_device())
-    return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, bool(cfg.progress))
+    progress = bool(cfg.progress)
+    mode = str(cfg.domain.forecast.get("calibrate", "none"))
+    if mode not in ("none", "spread"):
+        raise ValueError(f"domain.forecast.calibrate must be none or spread, got '{mode}'")
+    if mode == "none" or F.val_period(cfg) is None:
+        return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress)
+    c = cfg.domain.forecast
+    val = run_forecast(cfg, model, train, _analyses(cfg, "val"), run_dir, progress, name="validation",
+                       every_hours=float(c.val_every_hours), max_inits=c.val_max_inits)
+    out = run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress, name="forecast_raw")
+    factors = None
+    if distributed.is_main():
+        val_fc = xr.open_zarr(run_dir / "validation.zarr", consolidated=True).load()
+        factors = fit_spread_factors(val_fc, F.one_member(cfg, F.open_period(cfg, "val")).load())
+        save_spread_factors(factors, run_dir / "spread_factors.json")
+        raw = xr.open_zarr(run_dir / "forecast_raw.zarr", consolidated=True).load()
+        write_zarr_atomic(apply_spread_factors(raw, factors), run_dir / "forecast.zarr")
+    distributed.barrier()
+    out["forecast/validation_inits"] = val["forecast/inits"]
+    if factors is not None:
+        from domains.weather import scores as S
+
+        out.update({f"spread_factor/{k.split('/', 1)[1]}": v for k, v in
+                    S.flatten_scores(factors.expand_dims(metric=["x"])).items()})
+    return out
 
 
 def evaluate(cfg, run_dir: Path) -> dict:
@@ -86,8 +116,11 @@ def evaluate(cfg, run_dir: Path) -> dict:
     truth = F.one_member(cfg, F.open_period(cfg, "test")).load()
     train_truth = F.one_member(cfg, F.open_period(cfg, "train")).load()
     init, leads = fc["time"].values, fc["prediction_timedelta"].values
+    raw_path = path.with_name("forecast_raw.zarr")
     models = {
         "model": fc,
+        **({"model_raw": xr.open_zarr(raw_path, consolidated=True).load()}
+           if not cfg.domain.forecast.path and raw_path.exists() else {}),
         "persistence": S.persistence_forecast(truth, init, leads),
         "climatology": S.climatology_forecast(train_truth, init, leads),
         # the probabilistic reference: as many training states of nearby calendar days

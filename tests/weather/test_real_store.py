@@ -8,7 +8,8 @@ from core.run import compose_config, run
 from domains.weather import fields as F
 from domains.weather.data import WeatherDataError
 
-PERIOD = ["domain.train_period=[2017-01-01,2017-01-02T12]", "domain.test_period=[2017-01-01,2017-01-02T12]"]
+PERIOD = ["domain.train_period=[2017-01-01,2017-01-02T12]", "domain.test_period=[2017-01-01,2017-01-02T12]",
+          "domain.val_period=null"]
 SMALL = ["progress=false", "domain.nsides=[1,2,4]", "refiner.d_model=32", "refiner.layers=1",
          "refiner.heads=2", "model.num_codes=16", "train.steps=3", "train.batch_size=4",
          "train.warmup=1", "domain.forecast.members=2"]

@@ -12,7 +12,7 @@ from domains.weather import fields as F
 from domains.weather.forcing import forcings
 
 TINY = ["domain=weather", "progress=false", "domain.synthetic.years=0.12",
-        "domain.train_period=[2015-01-01,2015-01-31]", "domain.test_period=[2015-02-01,2015-02-14]",
+        "domain.train_period=[2015-01-01,2015-01-31]", "domain.test_period=[2015-02-01,2015-02-14]", "domain.val_period=null",
         "domain.nsides=[1,2,4]", "refiner.d_model=32", "refiner.layers=1", "refiner.heads=2",
         "model.num_codes=16", "train.steps=4", "train.batch_size=4", "train.warmup=1",
         "domain.forecast.members=3", "domain.forecast.lead_steps=3",
@@ -163,7 +163,7 @@ def test_small_model_beats_persistence_and_climatology(tmp_path):
     """A few minutes of training on one synthetic year: the ensemble must already be more
     skilful (CRPS) than persistence and climatology at 1 and 3 days, with a sane spread."""
     over = ["domain=weather", "progress=false", "domain.synthetic.years=1.0",
-            "domain.train_period=[2015-01-01,2015-10-31]", "domain.test_period=[2015-11-01,2015-12-31]",
+            "domain.train_period=[2015-01-01,2015-10-31]", "domain.test_period=[2015-11-01,2015-12-31]", "domain.val_period=null",
             "domain.nsides=[1,2,4]", "train.steps=200", "domain.forecast.max_inits=8",
             "domain.forecast.lead_steps=3", "domain.forecast.init_every_hours=168",
             "domain.forecast.members=8", "task=all"]

@@ -1,0 +1,91 @@
+"""Spread calibration: factors fitted on a validation period, applied to the test forecast."""
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from core.run import compose_config, run
+from domains.weather.calibrate import (apply_spread_factors, fit_spread_factors,
+                                       load_spread_factors, save_spread_factors)
+from domains.weather.scores import rmse_ensemble_mean, spread_skill
+
+
+def _ensemble(spread: float, seed: int = 0):
+    """A forecast whose members have ``spread`` times the spread of the truth's errors."""
+    rng = np.random.default_rng(seed)
+    shape = (6, 3, 8, 2, 5, 10)          # time, lead, member, level, lat, lon
+    mean = rng.standard_normal(shape[:2] + shape[3:])
+    truth_err = rng.standard_normal(mean.shape)
+    members = mean[:, :, None] + spread * rng.standard_normal(shape)
+    coords = {"time": np.arange(6).astype("datetime64[D]").astype("datetime64[ns]"),
+              "prediction_timedelta": (np.arange(1, 4) * 24).astype("timedelta64[h]").astype("timedelta64[ns]"),
+              "number": np.arange(8), "level": [500, 850],
+              "latitude": np.linspace(-60, 60, 5), "longitude": np.arange(10) * 36.0}
+    fc = xr.Dataset({"geopotential": (("time", "prediction_timedelta", "number", "level", "latitude", "longitude"), members)}, coords)
+    valid = (coords["time"][:, None] + coords["prediction_timedelta"][None]).ravel()
+    truth_values = (mean + truth_err).reshape((-1,) + mean.shape[2:])
+    # the truth as an analysis series at the valid times (these do not overlap across inits
+    # only if each valid time has one truth: keep the first)
+    _, first = np.unique(valid, return_index=True)
+    truth = xr.Dataset({"geopotential": (("time", "level", "latitude", "longitude"), truth_values[first])},
+                       {"time": valid[first], "level": [500, 850], "latitude": coords["latitude"],
+                        "longitude": coords["longitude"]})
+    return fc, truth
+
+
+def test_factors_make_the_fitted_forecast_calibrated_and_keep_its_mean(tmp_path):
+    fc, truth = _ensemble(spread=0.5)
+    before = spread_skill(fc, truth)["geopotential"]
+    assert float(before.max()) < 0.8                                    # too narrow
+    factors = fit_spread_factors(fc, truth)
+    assert float(factors["geopotential"].min()) > 1.2
+    fixed = apply_spread_factors(fc, factors)
+    np.testing.assert_allclose(spread_skill(fixed, truth)["geopotential"].values, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(rmse_ensemble_mean(fixed, truth)["geopotential"].values,
+                               rmse_ensemble_mean(fc, truth)["geopotential"].values, rtol=1e-6)
+    again = load_spread_factors(save_spread_factors(factors, tmp_path / "f.json"))
+    np.testing.assert_allclose(again["geopotential"].transpose(*factors["geopotential"].dims).values,
+                               factors["geopotential"].values)
+    # fitted on one set of forecasts, the factors also fix another from the same model
+    other, other_truth = _ensemble(spread=0.5, seed=1)
+    ratio = spread_skill(apply_spread_factors(other, factors), other_truth)["geopotential"]
+    assert float(abs(ratio - 1).max()) < 0.25
+
+
+TINY = ["domain=weather", "progress=false", "domain.synthetic.years=0.2",
+        "domain.train_period=[2015-01-01,2015-01-31]", "domain.val_period=[2015-02-01,2015-02-14]",
+        "domain.test_period=[2015-02-15,2015-03-10]",
+        "domain.nsides=[1,2,4]", "refiner.d_model=32", "refiner.layers=1", "refiner.heads=2",
+        "model.num_codes=16", "train.steps=4", "train.batch_size=4", "train.warmup=1",
+        "domain.forecast.members=3", "domain.forecast.lead_steps=2",
+        "domain.forecast.init_every_hours=96", "domain.forecast.max_inits=2",
+        "domain.forecast.val_every_hours=48", "domain.forecast.val_max_inits=3",
+        "domain.forecast.flops_members=0"]
+
+
+def test_calibrated_run_fits_on_validation_and_scores_both(tmp_path):
+    m = run(compose_config(TINY + ["task=all"]), tmp_path)
+    assert m["forecast/validation_inits"] == 3
+    saved = json.loads((tmp_path / "spread_factors.json").read_text())
+    assert saved["lead_hours"] == [24.0, 48.0]
+    raw = xr.open_zarr(tmp_path / "forecast_raw.zarr", consolidated=True).load()
+    fixed = xr.open_zarr(tmp_path / "forecast.zarr", consolidated=True).load()
+    factor = saved["factors"]["geopotential"]["500"][0]
+    assert m["spread_factor/z500/24h"] == pytest.approx(factor)
+    z_raw = raw["geopotential"].sel(level=500).isel(prediction_timedelta=0)
+    z_fix = fixed["geopotential"].sel(level=500).isel(prediction_timedelta=0)
+    np.testing.assert_allclose(z_fix.std("number"), factor * z_raw.std("number"), rtol=1e-3, atol=1e-2)
+    np.testing.assert_allclose(z_fix.mean("number"), z_raw.mean("number"), rtol=1e-5, atol=1e-2)
+    assert "model_raw/crps/z500/24h" in m and "crps/z500/24h" in m
+    # the validation inits lie in the validation period, none in the test period
+    val = xr.open_zarr(tmp_path / "validation.zarr", consolidated=True)
+    assert (val["time"].values < np.datetime64("2015-02-15")).all()
+
+
+def test_a_validation_period_overlapping_training_is_refused(tmp_path):
+    from domains.weather.data import WeatherDataError
+
+    over = [o for o in TINY if "val_period" not in o] + ["domain.val_period=[2015-01-20,2015-02-10]"]
+    with pytest.raises(WeatherDataError, match="domain.val_period .* overlaps domain.train_period"):
+        run(compose_config(over + ["task=all"]), tmp_path)
