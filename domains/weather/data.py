@@ -39,7 +39,14 @@ __all__ = ["WeatherDataError", "SHORT_NAMES", "UPPER_AIR", "SURFACE", "normalize
 
 
 class WeatherDataError(UserError):
-    """A store that cannot serve what was asked: wrong names, levels, times, grid or values."""
+    """A store that cannot serve what was asked: wrong names, levels, times, grid or values.
+
+    ``missing`` says what the store lacks when that is one of the things a config chooses
+    (``"variables"``, ``"levels"`` or ``"times"``), so a caller can name the setting to change."""
+
+    def __init__(self, message: str, missing: str | None = None):
+        super().__init__(message)
+        self.missing = missing
 
 
 # WB2 name -> short name; the order here is the canonical channel order.
@@ -187,7 +194,8 @@ def open_era5(path, variables, levels=None, start=None, end=None) -> xr.Dataset:
     missing = [v for v in wanted if v not in ds.data_vars]
     if missing:
         raise WeatherDataError(f"store '{source}' lacks variable(s) {', '.join(missing)}; it "
-                               f"has {', '.join(sorted(map(str, ds.data_vars))) or 'none'}")
+                               f"has {', '.join(sorted(map(str, ds.data_vars))) or 'none'}",
+                               missing="variables")
     ds = ds[wanted]
 
     if levels is not None:
@@ -199,7 +207,8 @@ def open_era5(path, variables, levels=None, start=None, end=None) -> xr.Dataset:
             if absent:
                 raise WeatherDataError(
                     f"store '{source}' lacks level(s) {', '.join(map(str, absent))} hPa for "
-                    f"{', '.join(with_level)}; available levels: {', '.join(map(str, have))}")
+                    f"{', '.join(with_level)}; available levels: {', '.join(map(str, have))}",
+                    missing="levels")
             ds = ds.sel(level=levels)
 
     if "time" not in ds.dims:
@@ -211,7 +220,7 @@ def open_era5(path, variables, levels=None, start=None, end=None) -> xr.Dataset:
         ds = ds.sel(time=slice(start, end))
         if ds.sizes["time"] == 0:
             raise WeatherDataError(f"no times between {start} and {end} in store '{source}' "
-                                   f"(it covers {span})")
+                                   f"(it covers {span})", missing="times")
     ds.encoding["source"] = source
     return ds
 
@@ -284,11 +293,12 @@ def load_fields(ds: xr.Dataset, chans, time_slice=None, member: int | None = Non
     arrays = []
     for var, level in chans:
         if var not in ds.data_vars:
-            raise WeatherDataError(f"store '{source}' lacks variable {var}")
+            raise WeatherDataError(f"store '{source}' lacks variable {var}", missing="variables")
         da = ds[var]
         if level is not None:
             if "level" not in da.dims or int(level) not in ds["level"].values:
-                raise WeatherDataError(f"store '{source}' lacks level {level} hPa for {var}")
+                raise WeatherDataError(f"store '{source}' lacks level {level} hPa for {var}",
+                                       missing="levels")
             da = da.sel(level=int(level))
         elif "level" in da.dims:
             raise WeatherDataError(f"{var} in store '{source}' has levels; name one")

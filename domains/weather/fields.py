@@ -160,12 +160,11 @@ def open_period(cfg, split: str):
         return open_era5(store_path(cfg), list(cfg.domain.variables), list(cfg.domain.levels),
                          start=start, end=end)
     except WeatherDataError as e:  # the loader names the store's content; this, the setting
-        msg = str(e)
-        for needle, setting in (("lacks variable", "domain.variables"), ("lacks level", "domain.levels"),
-                                ("no times between", f"domain.{split}_period")):
-            if needle in msg:
-                raise WeatherDataError(f"{msg}: set {setting} to match the store") from None
-        raise
+        setting = {"variables": "domain.variables", "levels": "domain.levels",
+                   "times": f"domain.{split}_period"}.get(e.missing)
+        if setting is None:
+            raise
+        raise WeatherDataError(f"{e}: set {setting} to match the store", e.missing) from None
 
 
 def member_of(cfg) -> int | None:

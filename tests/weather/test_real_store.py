@@ -38,6 +38,12 @@ def test_every_setting_the_file_forbids_is_named(store, tmp_path):
     with pytest.raises(WeatherDataError, match="no times between.*set domain.train_period"):
         run(compose_config(base + ["domain.variables=[geopotential,temperature]",
                                    "domain.train_period=[2018-01-01,2018-02-01]"]), tmp_path / "c")
+    with pytest.raises(WeatherDataError, match="lacks level.*250.*set domain.levels"):
+        run(compose_config(base + ["domain.variables=[geopotential,temperature]",
+                                   "domain.levels=[250,500]"]), tmp_path / "d")
+    # the default validation period (October-December 2016) is outside this file
+    with pytest.raises(WeatherDataError, match="no times between.*set domain.val_period"):
+        F.open_period(compose_config(real(store, "domain.val_period=[2016-10-01,2016-12-31]")), "val")
 
 
 def test_members_are_samples_and_one_member_is_the_analysis(store):
