@@ -10,7 +10,8 @@ every member's deviation from the ensemble mean is multiplied by one factor,
 measured on forecasts from a validation period that neither training nor the test period touches
 (``domain.val_period``), so that the validation spread/skill (``scores.spread_skill``) is exactly 1.
 The factors are written to ``spread_factors.json``; the raw forecast stays beside the calibrated
-one (``forecast_raw.zarr``) and ``task=evaluate`` scores both (``model_raw/...``).
+one (``forecast_raw.zarr``) and ``task=evaluate`` scores both (``model_raw/...``; the raw
+store is read beside the run's own ``forecast.zarr``, not beside a ``domain.forecast.path``).
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from domains.weather.scores import spread_skill
 def fit_spread_factors(forecast: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
     """One factor per variable, lead (and level): skill / corrected spread on these forecasts."""
     ratio = spread_skill(forecast, truth)
-    return (1.0 / ratio).fillna(1.0)
+    factor = 1.0 / ratio
+    # no spread (identical members, up to rounding) or no error: nothing to scale, rather than
+    # a factor of 1e16 or 0
+    return factor.where(np.isfinite(factor) & (factor > 1e-3) & (factor < 1e3), 1.0)
 
 
 def apply_spread_factors(forecast: xr.Dataset, factors: xr.Dataset) -> xr.Dataset:

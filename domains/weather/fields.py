@@ -140,11 +140,16 @@ def val_period(cfg) -> tuple[str, str] | None:
     period = cfg.domain.get("val_period")
     if period is None:
         return None
-    start, end = (np.datetime64(str(t)) for t in period)
+    import pandas as pd
+
+    def span(p):  # as the store is sliced: "2016-09-30" ends at the end of that day
+        return pd.Period(str(p[0])).start_time, pd.Period(str(p[1])).end_time
+
+    start, end = span(period)
     if end < start:
         raise WeatherDataError(f"domain.val_period ends before it starts: {list(period)}")
     for other in ("train", "test"):
-        a, b = (np.datetime64(str(t)) for t in cfg.domain[f"{other}_period"])
+        a, b = span(cfg.domain[f"{other}_period"])
         if start <= b and a <= end:
             raise WeatherDataError(
                 f"domain.val_period {list(period)} overlaps domain.{other}_period "

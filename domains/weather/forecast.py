@@ -46,16 +46,17 @@ NOT_IN_FORECAST = ("num_samples", "batch_size", "flops_samples")
 
 
 def init_times(test_times: np.ndarray, stride: int, lead_steps: int, every_hours: float,
-               max_inits: int | None, chosen=None) -> np.ndarray:
+               max_inits: int | None, chosen=None, period: str = "test") -> np.ndarray:
     """Initial times in the test period that have the previous step and every lead's truth:
     ``chosen`` ones (checked), or every ``every_hours`` from the first possible one."""
     dt_hours = (test_times[1] - test_times[0]) / np.timedelta64(1, "h")
     first, last = stride, len(test_times) - 1 - lead_steps * stride
     if last < first:
         raise WeatherDataError(
-            f"the test period ({len(test_times)} times) is too short for {lead_steps} steps of "
-            f"{stride} time steps with history: set domain.forecast.lead_steps to at most "
-            f"{max(0, (len(test_times) - 1 - stride) // stride)}, or give a longer test period")
+            f"the {period} period ({len(test_times)} times) is too short for {lead_steps} steps "
+            f"of {stride} time steps with history: set domain.forecast.lead_steps to at most "
+            f"{max(0, (len(test_times) - 1 - stride) // stride)}, or give a longer "
+            f"domain.{period}_period")
     if chosen:
         out = np.array([np.datetime64(str(t), "ns") for t in chosen])
         allowed = set(test_times[first: last + 1].astype("datetime64[ns]").tolist())
@@ -186,7 +187,8 @@ def join_parts(paths: list[Path], out: Path, netcdf: bool) -> xr.Dataset:
 
 def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool = True,
                  checkpoint: Path | None = None, name: str = "forecast",
-                 every_hours: float | None = None, max_inits: int | None = None) -> dict:
+                 every_hours: float | None = None, max_inits: int | None = None,
+                 flops: bool = True) -> dict:
     """Forecast every initial time of the test period that ``cfg.domain.forecast`` selects.
 
     ``test_ds`` holds the test period's analyses: ``time`` [T], ``fields`` [T, C, lat, lon]
@@ -194,7 +196,8 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
     model's weights came from (default: the run's, as ``task=forecast`` loads it); finished parts
     are reused only for the same checkpoint and settings. The store is ``<run_dir>/<name>.zarr``
     and its parts ``<name>_parts/``; ``every_hours`` and ``max_inits`` replace the forecast
-    settings' choice of initial times (the validation forecasts use their own).
+    settings' choice of initial times (the validation forecasts use their own; ``name`` is then
+    the period named in errors) and ``flops=False`` skips counting FLOPs.
     """
     if checkpoint is None:
         from domains.weather.plugin import _checkpoint
@@ -207,7 +210,8 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
         inits = init_times(times, stride, lead_steps, float(f.init_every_hours), f.max_inits,
                            f.get("init_times"))
     else:
-        inits = init_times(times, stride, lead_steps, float(every_hours), max_inits)
+        inits = init_times(times, stride, lead_steps, float(every_hours), max_inits,
+                           period={"validation": "val"}.get(name, "test"))
     out_zarr = run_dir / f"{name}.zarr"
     # collective: rank 0 clears parts (and the store joined from them) of other settings
     parts_dir, _ = keyed_folder(run_dir / f"{name}_parts", parts_key(cfg, Path(checkpoint)),
@@ -253,7 +257,7 @@ def run_forecast(cfg, model, data, test_ds: dict, run_dir: Path, progress: bool 
         out.update({"forecast/member_steps_per_second": member_steps / seconds,
                     "forecast/nfe_per_member_step": calls / (done * lead_steps),
                     "forecast/seconds_per_member_step": seconds / member_steps})
-    if len(inits) and int(f.get("flops_members", 1)) > 0:
+    if flops and len(inits) and int(f.get("flops_members", 1)) > 0:
         # FLOPs of one lead step, counted apart from the timed loop (the counter slows it down)
         t0 = inits[0]
         i = index[np.datetime64(t0, "ns")]

@@ -260,9 +260,9 @@ class PerfectModel:
     def _states(self, init_times) -> np.ndarray:
         from domains.weather.store import open_store
 
-        ds = open_store(self.path)
-        idx = _time_index(ds["time"].values, init_times)
-        x = ds[S.QG_STATE].isel(time=xr.DataArray(idx, dims="init")).values
+        with open_store(self.path) as ds:
+            idx = _time_index(ds["time"].values, init_times)
+            x = ds[S.QG_STATE].isel(time=xr.DataArray(idx, dims="init")).values
         return x[..., 0] + 1j * x[..., 1]                        # [init, layer, m, l]
 
     def ensemble(self, init_times, leads, members: int, seed: int = 0, variables=None,

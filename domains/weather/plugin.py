@@ -8,6 +8,8 @@ the linear store, the perfect-model ensemble on the QG store; ``task=evaluate``)
 """
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,9 @@ from core.errors import MissingFileError
 
 @hookimpl
 def c2f_load_data(cfg, split):
-    F.val_period(cfg)  # a validation period that overlaps the others fails before training
+    # a validation period that overlaps the others, or that the store lacks, fails before training
+    if F.val_period(cfg) is not None and str(cfg.domain.forecast.get("calibrate", "none")) == "spread":
+        F.open_period(cfg, "val")
     return F.load_split(cfg, "train" if split == "train" else "test")
 
 
@@ -81,10 +85,20 @@ def forecast(cfg, run_dir: Path) -> dict:
     if mode not in ("none", "spread"):
         raise ValueError(f"domain.forecast.calibrate must be none or spread, got '{mode}'")
     if mode == "none" or F.val_period(cfg) is None:
+        if mode == "spread":
+            logging.getLogger("c2f").info("domain.val_period is null: the forecast is not calibrated")
+        if distributed.is_main():  # a calibrated run's raw store would be scored as this one's
+            for stale in ("forecast_raw.zarr", "forecast_raw.nc", "spread_factors.json"):
+                path = run_dir / stale
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        distributed.barrier()
         return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress)
     c = cfg.domain.forecast
     val = run_forecast(cfg, model, train, _analyses(cfg, "val"), run_dir, progress, name="validation",
-                       every_hours=float(c.val_every_hours), max_inits=c.val_max_inits)
+                       every_hours=float(c.val_every_hours), max_inits=c.val_max_inits, flops=False)
     out = run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress, name="forecast_raw")
     factors = None
     if distributed.is_main():
@@ -92,7 +106,17 @@ def forecast(cfg, run_dir: Path) -> dict:
         factors = fit_spread_factors(val_fc, F.one_member(cfg, F.open_period(cfg, "val")).load())
         save_spread_factors(factors, run_dir / "spread_factors.json")
         raw = xr.open_zarr(run_dir / "forecast_raw.zarr", consolidated=True).load()
-        write_zarr_atomic(apply_spread_factors(raw, factors), run_dir / "forecast.zarr")
+        calibrated = apply_spread_factors(raw, factors)
+        calibrated.attrs["calibration"] = "spread factors of spread_factors.json (raw: forecast_raw.zarr)"
+        write_zarr_atomic(calibrated, run_dir / "forecast.zarr")
+        nc = run_dir / "forecast.nc"
+        if str(c.format) in ("netcdf", "both"):
+            from core.io import atomic_path
+
+            with atomic_path(nc, suffix=".nc") as tmp:
+                calibrated.to_netcdf(tmp)
+        elif nc.exists():  # an earlier run's, which no longer matches forecast.zarr
+            nc.unlink()
     distributed.barrier()
     out["forecast/validation_inits"] = val["forecast/inits"]
     if factors is not None:
@@ -193,7 +217,7 @@ def _parse_channel(name: str, chans) -> tuple[str, int | None]:
 
 @hookimpl
 def c2f_free_settings(cfg):
-    return ["forecast", "evaluate"]
+    return ["forecast", "evaluate", "val_period"]  # the validation period only calibrates
 
 
 @hookimpl

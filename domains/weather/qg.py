@@ -32,11 +32,13 @@ and each is carried by its layer's wind (u, v) = (-d psi / a d lat, d psi / a co
 - two mountain ranges (Gaussian, 2 km and 1.5 km, at 35N 90E and 45N 250E) in the lower layer,
   which anchor stationary waves;
 - a stochastic forcing: white noise in time added to both layers' PV at degrees 6-15 (unresolved
-  convection). It makes the weather random given the present state, as real weather is given the
+  convection): each real part of a coefficient gets variance ``noise^2 dt`` per step, so an m > 0
+  mode, whose basis functions carry twice the mean square of an m = 0 one, is forced twice as
+  strongly per real degree of freedom. It makes the weather random given the present state, as real weather is given the
   analysed state, so that the exact limit for a forecaster handed the state is an ensemble of the
   true model with fresh noise (``PerfectModel``), not a single deterministic run.
 
-Numerics: spectral transform method at triangular truncation T21 on the 64 x 32 Gaussian grid
+Numerics: spectral transform method at triangular truncation T21 (``truncation``) on the 64 x 32 Gaussian grid
 (alias-free for the quadratic Jacobian), orthonormal associated Legendre functions, the
 advective Jacobian on the grid, classical Runge-Kutta 4 with a 1-hour step (the noise is added
 after each step, Euler-Maruyama). The solver carries any batch of states at once, which is what
@@ -126,8 +128,14 @@ class Sphere:
         return (np.swapaxes(g, -1, -2)[..., :, None, :] @ self.analysis_table)[..., 0, :]
 
     def tables_at(self, latitude) -> tuple[np.ndarray, np.ndarray]:
-        """``(P, dP)`` on other latitudes (degrees), to evaluate the fields on a store's grid."""
-        return legendre_tables(self.trunc, np.sin(np.radians(np.asarray(latitude, dtype=float))))
+        """``(P, dP)`` on other latitudes (degrees), to evaluate the fields on a store's grid.
+        ``dP`` divides by cos(lat): on a grid with pole rows it is taken a hair inside the pole
+        (1e-4 rad), where it is finite and continuous."""
+        phi = np.radians(np.asarray(latitude, dtype=float))
+        with np.errstate(divide="ignore", invalid="ignore"):  # its dP is not used
+            p, _ = legendre_tables(self.trunc, np.sin(phi))
+        _, dp = legendre_tables(self.trunc, np.sin(np.clip(phi, -np.pi / 2 + 1e-4, np.pi / 2 - 1e-4)))
+        return p, dp
 
 
 class TwoLevelQG:
@@ -156,7 +164,11 @@ class TwoLevelQG:
         self.beta_y = 2.0 * OMEGA * cos / a                  # (1/a) d f / d lat
         lat, lon = np.radians(s.lat)[:, None], np.radians(s.lon)[None, :]
         h = np.zeros((s.nlat, s.nlon))
-        for height, (la, lo, width) in zip(p["mountain_km"], ((35, 90, 15), (45, 250, 12))):
+        ranges = ((35, 90, 15), (45, 250, 12))      # (lat, lon, half-width) in degrees
+        if len(p["mountain_km"]) != len(ranges):
+            raise ValueError(f"domain.synthetic.qg.mountain_km needs {len(ranges)} heights (km), "
+                             f"one per range at {ranges}, got {list(p['mountain_km'])}")
+        for height, (la, lo, width) in zip(p["mountain_km"], ranges):
             d2 = ((lat - np.radians(la)) / np.radians(width)) ** 2 + (
                 (np.angle(np.exp(1j * (lon - np.radians(lo)))) * np.cos(np.radians(la)))
                 / np.radians(width)) ** 2

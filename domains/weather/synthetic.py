@@ -389,9 +389,11 @@ def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=
         "grid": str(grid), "start": str(np.datetime64(str(start), "s")), "years": float(years),
         "step_hours": int(step_hours), "levels": sorted({int(p) for p in levels}),
         "variables": [v for v in ALL_VARIABLES if v in names], "seed": int(seed), "fmt": fmt,
-        "time_chunk": int(time_chunk), "model": model, "version": GENERATOR_VERSION,
+        "time_chunk": int(time_chunk), "version": GENERATOR_VERSION,
     }
-    if model == "qg":  # every parameter of the model is part of the store's identity
+    # the linear store's settings carry no "model" key, so its stores keep their cache key
+    if model == "qg":
+        out["model"] = model  # every parameter of the model is part of the store's identity
         from domains.weather.qg import PARAMETERS, QG_VERSION
 
         given = {k: v for k, v in dict(qg or {}).items() if k != "version"}
@@ -399,8 +401,13 @@ def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=
         if unknown:
             raise ValueError(f"domain.synthetic.qg has no setting(s) {', '.join(unknown)}; "
                              f"it has {', '.join(PARAMETERS)}")
-        merged = {k: (list(v) if isinstance(v, (list, tuple)) else v)
-                  for k, v in {**PARAMETERS, **given}.items()}
+        def like_default(k, v):  # 500 and 500.0 are one setting: one cache key
+            default = PARAMETERS[k]
+            if isinstance(default, (list, tuple)):
+                return [type(d)(x) for d, x in zip(default, v)] if len(v) == len(default) else list(v)
+            return type(default)(v)
+
+        merged = {k: like_default(k, v) for k, v in {**PARAMETERS, **given}.items()}
         out["qg"] = {**merged, "version": QG_VERSION}
     elif qg:
         raise ValueError("domain.synthetic.qg settings need domain.synthetic.model=qg")
@@ -427,7 +434,8 @@ def generator(cfg: dict, run: bool = True):
 
 def synthetic_dataset(**settings) -> xr.Dataset:
     """The synthetic data as a lazy (dask) dataset in WB2 layout; values are made per time block
-    as they are written or loaded. Takes the keyword arguments of :func:`make_synthetic_era5`."""
+    as they are written or loaded (the QG store integrates its model first, in memory: about a
+    minute for the default three years). Takes the keyword arguments of :func:`make_synthetic_era5`."""
     import dask
     import dask.array as dsa
 
@@ -465,12 +473,13 @@ def synthetic_dataset(**settings) -> xr.Dataset:
         "latitude": ("latitude", latitude, {"units": "degrees_north", "long_name": "latitude"}),
         "longitude": ("longitude", longitude, {"units": "degrees_east", "long_name": "longitude"}),
     }
-    if cfg["model"] == "qg":  # the model's full state, from which the perfect-model ensemble starts
+    if cfg.get("model") == "qg":  # the model's full state, from which the perfect model starts
         state = gen.state_array()
         data_vars[QG_STATE] = xr.Variable(
             ("time", "qg_layer", "qg_order", "qg_degree", "qg_part"),
             dsa.from_array(state, chunks=(block,) + state.shape[1:]),
-            {"long_name": "potential vorticity of the two-level QG model (spectral, T21)",
+            {"long_name": "potential vorticity of the two-level QG model (spectral, "
+                          f"T{gen.model.sphere.trunc})",
              "units": "s**-1"})
     attrs = {"title": "synthetic ERA5-like data in WeatherBench2 layout (coarse2fine)",
              "c2f_synthetic": json.dumps(cfg, sort_keys=True)}
@@ -551,6 +560,6 @@ def ensure_synthetic(path=None, **settings) -> Path:
         raise WeatherDataError(f"'{path}' {what}; remove it or choose another path")
     logging.getLogger("c2f").info(
         "generating the synthetic ERA5-like store (%s model, %s grid, %s years; about a minute at "
-        "the default settings, once); it is cached in %s", cfg["model"], cfg["grid"],
+        "the default settings, once); it is cached in %s", cfg.get("model", "linear"), cfg["grid"],
         cfg.get("years"), path)
     return make_synthetic_era5(path, **settings)

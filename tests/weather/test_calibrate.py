@@ -47,6 +47,10 @@ def test_factors_make_the_fitted_forecast_calibrated_and_keep_its_mean(tmp_path)
     again = load_spread_factors(save_spread_factors(factors, tmp_path / "f.json"))
     np.testing.assert_allclose(again["geopotential"].transpose(*factors["geopotential"].dims).values,
                                factors["geopotential"].values)
+    # identical members have no spread to scale: the factor is 1, not inf
+    same = fc.copy()
+    same["geopotential"] = fc["geopotential"].isel(number=[0] * 8).assign_coords(number=np.arange(8))
+    assert float(abs(fit_spread_factors(same, truth)["geopotential"] - 1).max()) == 0
     # fitted on one set of forecasts, the factors also fix another from the same model
     other, other_truth = _ensemble(spread=0.5, seed=1)
     ratio = spread_skill(apply_spread_factors(other, factors), other_truth)["geopotential"]
@@ -81,11 +85,29 @@ def test_calibrated_run_fits_on_validation_and_scores_both(tmp_path):
     # the validation inits lie in the validation period, none in the test period
     val = xr.open_zarr(tmp_path / "validation.zarr", consolidated=True)
     assert (val["time"].values < np.datetime64("2015-02-15")).all()
+    # the same run forecast again without calibration: no raw store of the earlier one is scored
+    m = run(compose_config(TINY + ["domain.val_period=null", "task=forecast"]), tmp_path)
+    assert not (tmp_path / "forecast_raw.zarr").exists()
+    assert not (tmp_path / "spread_factors.json").exists()
+    m = run(compose_config(TINY + ["domain.val_period=null", "task=evaluate"]), tmp_path)
+    assert "crps/z500/24h" in m and not any(k.startswith("model_raw/") for k in m)
 
 
-def test_a_validation_period_overlapping_training_is_refused(tmp_path):
+@pytest.mark.parametrize("period", ["[2015-01-20,2015-02-10]", "[2015-01-31T12,2015-02-10]"])
+def test_a_validation_period_overlapping_training_is_refused(tmp_path, period):
+    """Also when it starts within the last day of training: periods end at the end of the
+    unit they are written in, as the store is sliced."""
     from domains.weather.data import WeatherDataError
 
-    over = [o for o in TINY if "val_period" not in o] + ["domain.val_period=[2015-01-20,2015-02-10]"]
+    over = [o for o in TINY if "val_period" not in o] + [f"domain.val_period={period}"]
     with pytest.raises(WeatherDataError, match="domain.val_period .* overlaps domain.train_period"):
         run(compose_config(over + ["task=all"]), tmp_path)
+
+
+def test_a_validation_period_the_store_lacks_fails_before_training(tmp_path):
+    from domains.weather.data import WeatherDataError
+
+    over = [o for o in TINY if "val_period" not in o] + ["domain.val_period=[2016-10-01,2016-12-31]"]
+    with pytest.raises(WeatherDataError, match="no times between.*set domain.val_period"):
+        run(compose_config(over + ["task=all"]), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()

@@ -102,7 +102,18 @@ def test_qg_store_is_a_plausible_wb2_atmosphere(qg_store):
     assert change > 0.1 * z500.std(0).mean()
 
 
+def test_qg_fields_are_finite_on_a_grid_with_poles():
+    ds = S.synthetic_dataset(grid="1.5deg", years=0.01, model="qg", qg=QUICK,
+                             variables=["u", "v10", "z"]).load()
+    for var in ds.data_vars:
+        assert np.isfinite(ds[var].values).all(), var
+
+
 def test_qg_settings_are_checked():
+    assert "model" not in S._settings()            # the linear store keeps its cache key
+    assert S._settings(model="qg", qg={"deformation_km": 500}) == S._settings(model="qg")
+    with pytest.raises(ValueError, match="mountain_km needs 2 heights"):
+        TwoLevelQG({"mountain_km": [1.0]})
     with pytest.raises(ValueError, match="domain.synthetic.qg has no setting"):
         S._settings(model="qg", qg={"nosie": 1.0})
     with pytest.raises(ValueError, match="need domain.synthetic.model=qg"):
