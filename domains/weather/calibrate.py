@@ -21,7 +21,36 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-from domains.weather.scores import spread_skill
+from domains.weather.scores import flatten_scores, spread_skill
+
+MODES = ("none", "spread")
+
+
+def calibrating(cfg) -> bool:
+    """Whether this run calibrates: ``domain.forecast.calibrate=spread`` and a validation period
+    (checked against the training and test periods)."""
+    from domains.weather.fields import val_period
+
+    mode = str(cfg.domain.forecast.get("calibrate", "none"))
+    if mode not in MODES:
+        raise ValueError(f"domain.forecast.calibrate must be none or spread, got '{mode}'")
+    return mode == "spread" and val_period(cfg) is not None
+
+
+def calibrate_forecast(run_dir, val_truth: xr.Dataset, netcdf: bool) -> dict:
+    """Fit the factors on ``<run_dir>/validation.zarr`` against ``val_truth``, write them and the
+    calibrated ``forecast.zarr`` (and ``.nc``) from ``forecast_raw.zarr``; their metrics."""
+    from domains.weather.forecast import write_forecast_store
+
+    run_dir = Path(run_dir)
+    val_fc = xr.open_zarr(run_dir / "validation.zarr", consolidated=True).load()
+    factors = fit_spread_factors(val_fc, val_truth)
+    save_spread_factors(factors, run_dir / "spread_factors.json")
+    raw = xr.open_zarr(run_dir / "forecast_raw.zarr", consolidated=True).load()
+    calibrated = apply_spread_factors(raw, factors)
+    calibrated.attrs["calibration"] = "spread factors of spread_factors.json (raw: forecast_raw.zarr)"
+    write_forecast_store(calibrated, run_dir / "forecast.zarr", netcdf)
+    return flatten_scores(factors.expand_dims(metric=["spread_factor"]))
 
 
 def fit_spread_factors(forecast: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:

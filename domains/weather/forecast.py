@@ -178,10 +178,19 @@ def join_parts(paths: list[Path], out: Path, netcdf: bool) -> xr.Dataset:
     """The per-initial-time stores as one forecast store (and netCDF on request), atomically."""
     ds = xr.concat([xr.open_zarr(p, consolidated=True) for p in paths], dim="time").load()
     ds["time"].encoding = {"units": "hours since 1970-01-01", "dtype": "int64"}
+    return write_forecast_store(ds, out, netcdf)
+
+
+def write_forecast_store(ds: xr.Dataset, out: Path, netcdf: bool) -> xr.Dataset:
+    """``ds`` as the zarr store ``out`` and, on request, ``out`` as netCDF, atomically; a netCDF
+    twin of an earlier forecast that is not rewritten is removed (it would no longer match)."""
     write_zarr_atomic(ds, out)
+    nc = out.with_suffix(".nc")
     if netcdf:
-        with atomic_path(out.with_suffix(".nc"), suffix=".nc") as tmp:
+        with atomic_path(nc, suffix=".nc") as tmp:
             ds.to_netcdf(tmp)
+    elif nc.exists():
+        nc.unlink()
     return ds
 
 

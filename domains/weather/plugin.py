@@ -26,8 +26,10 @@ from core.errors import MissingFileError
 
 @hookimpl
 def c2f_load_data(cfg, split):
+    from domains.weather.calibrate import calibrating
+
     # a validation period that overlaps the others, or that the store lacks, fails before training
-    if F.val_period(cfg) is not None and str(cfg.domain.forecast.get("calibrate", "none")) == "spread":
+    if calibrating(cfg):
         F.open_period(cfg, "val")
     return F.load_split(cfg, "train" if split == "train" else "test")
 
@@ -74,18 +76,16 @@ def forecast(cfg, run_dir: Path) -> dict:
     ``domain.forecast.calibrate=spread``, the validation period is forecast first, the spread
     factors are fitted there (``calibrate.py``) and applied to the test forecast; the raw one is
     kept as ``forecast_raw.zarr``."""
-    from domains.weather.calibrate import apply_spread_factors, fit_spread_factors, save_spread_factors
-    from domains.weather.forecast import run_forecast, write_zarr_atomic
+    from domains.weather.calibrate import calibrate_forecast, calibrating
+    from domains.weather.forecast import run_forecast
 
     train = F.load_split(cfg, "train")
     F.save_normalizer(train, run_dir)
     model = load_weights(build_model(cfg, train), _checkpoint(cfg, run_dir)).to(current_device())
     progress = bool(cfg.progress)
-    mode = str(cfg.domain.forecast.get("calibrate", "none"))
-    if mode not in ("none", "spread"):
-        raise ValueError(f"domain.forecast.calibrate must be none or spread, got '{mode}'")
-    if mode == "none" or F.val_period(cfg) is None:
-        if mode == "spread":
+    c = cfg.domain.forecast
+    if not calibrating(cfg):
+        if str(c.get("calibrate", "none")) == "spread":
             logging.getLogger("c2f").info("domain.val_period is null: the forecast is not calibrated")
         if distributed.is_main():  # a calibrated run's raw store would be scored as this one's
             for stale in ("forecast_raw.zarr", "forecast_raw.nc", "spread_factors.json"):
@@ -96,34 +96,14 @@ def forecast(cfg, run_dir: Path) -> dict:
                     path.unlink()
         distributed.barrier()
         return run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress)
-    c = cfg.domain.forecast
     val = run_forecast(cfg, model, train, _analyses(cfg, "val"), run_dir, progress, name="validation",
                        every_hours=float(c.val_every_hours), max_inits=c.val_max_inits, flops=False)
     out = run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress, name="forecast_raw")
-    factors = None
     if distributed.is_main():
-        val_fc = xr.open_zarr(run_dir / "validation.zarr", consolidated=True).load()
-        factors = fit_spread_factors(val_fc, F.one_member(cfg, F.open_period(cfg, "val")).load())
-        save_spread_factors(factors, run_dir / "spread_factors.json")
-        raw = xr.open_zarr(run_dir / "forecast_raw.zarr", consolidated=True).load()
-        calibrated = apply_spread_factors(raw, factors)
-        calibrated.attrs["calibration"] = "spread factors of spread_factors.json (raw: forecast_raw.zarr)"
-        write_zarr_atomic(calibrated, run_dir / "forecast.zarr")
-        nc = run_dir / "forecast.nc"
-        if str(c.format) in ("netcdf", "both"):
-            from core.io import atomic_path
-
-            with atomic_path(nc, suffix=".nc") as tmp:
-                calibrated.to_netcdf(tmp)
-        elif nc.exists():  # an earlier run's, which no longer matches forecast.zarr
-            nc.unlink()
+        val_truth = F.one_member(cfg, F.open_period(cfg, "val")).load()
+        out.update(calibrate_forecast(run_dir, val_truth, str(c.format) in ("netcdf", "both")))
     distributed.barrier()
     out["forecast/validation_inits"] = val["forecast/inits"]
-    if factors is not None:
-        from domains.weather import scores as S
-
-        out.update({f"spread_factor/{k.split('/', 1)[1]}": v for k, v in
-                    S.flatten_scores(factors.expand_dims(metric=["x"])).items()})
     return out
 
 

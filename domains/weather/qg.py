@@ -48,8 +48,9 @@ from __future__ import annotations
 
 import numpy as np
 
-EARTH_RADIUS = 6.371e6     # m
-OMEGA = 7.292e-5           # 1/s
+from domains.weather.synthetic import (EARTH_RADIUS, F_CLIP, OMEGA, R_DRY, Balanced, StoreGrid,
+                                       diagnose)
+
 HOUR = 3600.0
 DAY = 86400.0
 
@@ -269,13 +270,12 @@ class TwoLevelQG:
 
 # ------------------------------------------------------------------ the store's generator
 
-R_DRY = 287.05
 Z500_MEAN = 54_800.0       # m^2/s^2, global means (those of the balanced parts are zero)
 T850_MEAN = 276.0          # K
 VORTICITY_SCALE = 2.0e-5   # 1/s: lower-layer vorticity at which the moisture anomaly is 1
 
 
-class QGGenerator:
+class QGGenerator(StoreGrid):
     """The nonlinear store's states at its times, and its fields on the store's grid.
 
     The model runs on its own Gaussian grid; the store's variables are evaluated from the
@@ -293,27 +293,17 @@ class QGGenerator:
 
     def __init__(self, latitude, longitude, times, step_hours, levels, variables, seed,
                  params=None, run=True):
-        from domains.weather.synthetic import F_CLIP, calendar
-
-        lon = np.asarray(longitude, dtype=np.float64)
-        if not np.allclose(lon, 360.0 * np.arange(lon.size) / lon.size):
-            raise ValueError("the QG generator needs longitudes 0, 360/n, ...")
+        super().__init__(latitude, longitude, times, levels, variables)
         self.model = model = TwoLevelQG(params)
         trunc = model.sphere.trunc
-        if lon.size < 2 * trunc + 1:
-            raise ValueError(f"a grid of {lon.size} longitudes cannot hold the T{trunc} waves; "
+        if self.lon.size < 2 * trunc + 1:
+            raise ValueError(f"a grid of {self.lon.size} longitudes cannot hold the T{trunc} waves; "
                              "use 64x32 or finer")
         every = step_hours / model.params["dt_hours"]
         if abs(every - round(every)) > 1e-9:
             raise ValueError(f"step_hours {step_hours} is not a multiple of the model's "
                              f"{model.params['dt_hours']} h time step")
         self.every = int(round(every))
-        self.lat, self.lon = np.asarray(latitude, dtype=np.float64), lon
-        self.times, self.levels, self.variables = times, list(levels), list(variables)
-        phi = np.deg2rad(self.lat)[:, None]
-        self.mu, self.cos = np.sin(phi), np.cos(phi)
-        self.inv_f = self.mu / (2.0 * OMEGA * (self.mu ** 2 + F_CLIP ** 2))
-        self.season, self.utc_hours = calendar(times)
         p, dp = model.sphere.tables_at(self.lat)
         self._p, self._dp = p.astype(complex), dp.astype(complex)
         self._cos_safe = np.maximum(self.cos, 1e-6)
@@ -341,8 +331,6 @@ class QGGenerator:
 
     def fields(self, q, season, utc_hours, variables=None) -> dict[str, np.ndarray]:
         """``variables`` from PV states q [T, 2, M, L] at times with ``season`` and UTC hour."""
-        from domains.weather.synthetic import F_CLIP, Balanced, diagnose
-
         psi = self.model.streamfunction(np.asarray(q))
         mid, thick = 0.5 * (psi[:, 0] + psi[:, 1]), psi[:, 0] - psi[:, 1]
         z, z_lat, z_lon = self._balanced(mid)

@@ -246,16 +246,29 @@ def calendar(times) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(2 * np.pi * (days - 196.5) / 365.2422), (days % 1.0) * 24.0
 
 
-class _Generator:
+class StoreGrid:
+    """A built-in store's grid and times as its generator and ``diagnose`` read them: latitudes,
+    longitudes 0, 360/n, ... (the Fourier sums need them), levels, variables, ``mu = sin(lat)``,
+    ``cos(lat)``, the regularised ``1/f`` [lat, 1], and each time's season and UTC hour."""
+
+    def __init__(self, latitude, longitude, times, levels, variables):
+        lon = np.asarray(longitude, dtype=np.float64)
+        if not np.allclose(lon, 360.0 * np.arange(lon.size) / lon.size):
+            raise ValueError("the synthetic generators need longitudes 0, 360/n, ...")
+        self.lat, self.lon = np.asarray(latitude, dtype=np.float64), lon
+        self.times, self.levels, self.variables = times, list(levels), list(variables)
+        phi = np.deg2rad(self.lat)[:, None]
+        self.mu, self.cos = np.sin(phi), np.cos(phi)
+        self.inv_f = self.mu / (2.0 * OMEGA * (self.mu ** 2 + F_CLIP ** 2))
+        self.season, self.utc_hours = calendar(times)
+
+
+class _Generator(StoreGrid):
     """Latent coefficient series for the whole period (cheap) and physical fields per block."""
 
     def __init__(self, latitude, longitude, times, step_hours, levels, variables, seed):
-        lon = np.asarray(longitude, dtype=np.float64)
-        if not np.allclose(lon, 360.0 * np.arange(lon.size) / lon.size):
-            raise ValueError("the synthetic generator needs longitudes 0, 360/n, ...")
-        self.lat, self.lon = np.asarray(latitude, dtype=np.float64), lon
-        self.times, self.levels, self.variables = times, list(levels), list(variables)
-        harm = _Harmonics(self.lat, lon.size)
+        super().__init__(latitude, longitude, times, levels, variables)
+        harm = _Harmonics(self.lat, self.lon.size)
         self.harm = harm
         n = len(times)
         rngs = [np.random.default_rng([int(seed), k]) for k in range(3)]
@@ -263,15 +276,11 @@ class _Generator:
         self.z_b = _process(rngs[1], harm, n, step_hours, SLOPE_T)
         self.z_m = _process(rngs[2], harm, n, step_hours, SLOPE_T)
 
-        phi = np.deg2rad(self.lat)[:, None]
-        self.mu, self.cos = np.sin(phi), np.cos(phi)
         env = 0.25 + 0.75 * self.mu ** 2
         w = np.cos(np.deg2rad(self.lat))
         rms = np.sqrt((env[:, 0] ** 2 * w).sum() / w.sum())
         self.env = env / rms                                # area-mean square of env * field: ~1
         self.denv = 1.5 * self.mu * self.cos / rms          # d env / d lat
-        self.inv_f = self.mu / (2.0 * OMEGA * (self.mu ** 2 + F_CLIP ** 2))
-        self.season, self.utc_hours = calendar(times)
 
     def _anomaly(self, z, scale):
         """(field, d/dlat, d/dlon / cos lat) of ``scale * env * latent``."""
@@ -392,8 +401,8 @@ def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=
         "time_chunk": int(time_chunk), "version": GENERATOR_VERSION,
     }
     # the linear store's settings carry no "model" key, so its stores keep their cache key
-    if model == "qg":
-        out["model"] = model  # every parameter of the model is part of the store's identity
+    if model == "qg":  # every parameter of the model is part of the store's identity
+        out["model"] = model
         from domains.weather.qg import PARAMETERS, QG_VERSION
 
         given = {k: v for k, v in dict(qg or {}).items() if k != "version"}
@@ -401,6 +410,7 @@ def _settings(grid="64x32", start="2015-01-01", years=3.0, step_hours=6, levels=
         if unknown:
             raise ValueError(f"domain.synthetic.qg has no setting(s) {', '.join(unknown)}; "
                              f"it has {', '.join(PARAMETERS)}")
+
         def like_default(k, v):  # 500 and 500.0 are one setting: one cache key
             default = PARAMETERS[k]
             if isinstance(default, (list, tuple)):
