@@ -137,7 +137,7 @@ class Bench:
     def hashed(over: list[str]) -> dict:
         """The overrides that define a piece (not where files are or how chatty it is), by key."""
         skip = ("progress=", "domain.data_dir=", "domain.tokenizer_path=", "checkpoint=",
-                "samples_path=", "train.steps=", "train.resume=")
+                "samples_path=", "train.steps=", "train.resume=", "distill.teacher=")
         return dict(sorted(o.split("=", 1) for o in over if not o.startswith(skip)))
 
     # --- tokenizer and models
@@ -150,7 +150,7 @@ class Bench:
 
     def model_overrides(self, model: str, seed: int, tok: Path | None) -> list[str]:
         over = self.base(seed)
-        if model == "refiner":
+        if model == "refiner" or model.startswith("student"):  # a student has its teacher's settings
             over += ["domain.space=latent", "model.refine=true", f"domain.tokenizer_path={tok}"]
         elif model == "ar":
             over += ["domain.space=latent", "domain.baseline=ar", f"domain.tokenizer_path={tok}"]
@@ -190,6 +190,36 @@ class Bench:
             m["previous_hashes"] = [a["old_hash"] for a in record.get("amended", [])]
         return m
 
+    # --- distillation
+    def distill(self, kind: str, calls: int, seed: int, teacher: dict, setting: tuple, tok: Path) -> dict | None:
+        """A ``kind`` student with ``calls`` calls of the refiner ``teacher`` at its sampler
+        ``setting`` (name, overrides), trained for ``--distill-minutes`` on ``--distill-pairs``
+        of its samples. Charged: the teacher's training, the pairs and the student's training."""
+        name, sample = setting
+        a = self.args
+        budget = a.distill_minutes * 60
+        if self.weights.get("refiner") == "raw":
+            sample = sample + ["sample.use_ema=false"]
+        over = self.model_overrides("refiner", seed, tok) + sample + [
+            f"distill.student={kind}", f"distill.calls={calls}", f"distill.pairs={a.distill_pairs}",
+            "distill.val_pairs=1000", "train.ema_warmup=true", f"train.max_seconds={budget:.0f}"]
+        folder = self.out / f"student-{kind}{calls}_s{seed}" / "train"
+        config = {"piece": "distill", "overrides": self.hashed(over), "teacher": teacher["config_hash"]}
+        ckpt = Path(teacher["piece"]) / "checkpoints" / "last.pt"
+
+        def make():
+            # the student's step costs about its teacher's (the same backbone); the clock decides
+            sps = (_load(Path(teacher["piece"]) / "plan.json") or {}).get("seconds_per_step", 1.0)
+            steps = max(1, int(budget / sps))
+            say(f"distil a {kind} student in {calls} call(s) from refiner {name}, seed {seed}: "
+                f"{a.distill_pairs} pairs, {budget:.0f} s, planned {steps} steps")
+            m = run(compose_config(over + ["task=distill", f"distill.teacher={ckpt}", f"train.steps={steps}",
+                                           resume_override(folder)]), folder)
+            teacher_s = teacher["train_seconds"] + teacher.get("tokenizer_seconds", 0.0)
+            return {**m, "teacher_setting": name, "teacher_seconds": teacher_s,
+                    "charged_seconds": teacher_s + m["pair_seconds"] + m["train_seconds"]}
+        return self.piece(folder, config, make)
+
     # --- sample + evaluate
     def score(self, model: str, seed: int, trained: dict, split: str, name: str, sample: list[str],
               tok: Path | None, weights: str | None = None) -> dict | None:
@@ -223,7 +253,8 @@ class Bench:
         if m is None:
             return None
         return {"model": model, "seed": seed, "split": split, "setting": name, "sample": setting,
-                "train_seconds": trained["train_seconds"] + trained.get("tokenizer_seconds", 0.0),
+                "train_seconds": trained.get("charged_seconds",
+                                             trained["train_seconds"] + trained.get("tokenizer_seconds", 0.0)),
                 "train_steps": trained["train_steps"], "m": m}
 
 
@@ -342,7 +373,14 @@ def row_record(r: dict) -> dict:
     return {"model": r["model"], "seed": r["seed"], "split": r["split"], "setting": r["setting"],
             "sample_overrides": r["sample"], **{k: m.get(k) for k in keys},
             "train_seconds": r["train_seconds"], "train_steps": r["train_steps"],
-            "headline": r.get("headline", False), "provenance": m["provenance"], "piece": m["piece"]}
+            "headline": r.get("headline", False), "provenance": m["provenance"], "piece": m["piece"],
+            **({"teacher": r["teacher"], **{f"distill_{k}": r["distill"].get(k) for k in DISTILL_KEYS}}
+               if r.get("distill") else {})}
+
+
+DISTILL_KEYS = ("pairs", "pair_seconds", "train_seconds", "train_steps", "teacher_seconds", "charged_seconds",
+                "agreement", "agreement/exact_samples", "agreement_ema", "agreement_ema/exact_samples",
+                "val_loss", "val_loss_ema", "provenance")
 
 
 def spread(rows: list[dict], key: str) -> str:
@@ -362,7 +400,8 @@ def plot(rows: list[dict], doc: Path) -> str:
 
     test = [r for r in rows if r["split"] == "test" and r["seed"] == rows[0]["seed"]]
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5))
-    colours = {"refiner": "tab:blue", "ddpm": "tab:green", "ar": "tab:red"}
+    colours = {"refiner": "tab:blue", "ddpm": "tab:green", "ar": "tab:red", "student-noise1": "tab:orange",
+               "student-noise2": "darkorange", "student-skip3": "tab:brown"}
     xs = [("nfe", "network passes per sample (NFE)"), ("flops_per_sample", "FLOPs per sample"),
           ("seconds_per_sample", "seconds per sample (2 CPU cores)")]
     ys = [("fd_over_floor", "FD / real-vs-real floor"), ("kid", "KID (unbiased)")]
@@ -380,10 +419,11 @@ def plot(rows: list[dict], doc: Path) -> str:
                 points = sorted(points, key=lambda r: r["m"]["nfe"])
                 px = [p["m"].get(xkey) for p in points]
                 py = [p["m"].get(ykey) for p in points]
-                style = "-o" if model != "ar" else "s"
+                style = "s" if model == "ar" else "D" if model.startswith("student") else "-o"
                 shades = {"constant": "tab:blue", "linear": "tab:cyan", "interval-coarse": "tab:purple",
                           "interval-fine": "navy"}
-                colour = shades.get(label.replace("_raw", ""), colours[model]) if model == "refiner" else colours[model]
+                colour = (shades.get(label.replace("_raw", ""), colours[model]) if model == "refiner"
+                          else colours.get(model, "tab:olive"))
                 ax.plot(px, py, style, color=colour, ms=4, label=f"{model} {label}" if model != "ddpm" else model)
                 if model == "ddpm":
                     for p, x, y in zip(points, px, py):
@@ -464,6 +504,32 @@ def write_report(b: Bench, rows: list[dict], trained: dict, tokenizers: dict, pe
             f"{_fmt(m['recall'])} | {_fmt(m.get('class_accuracy'))} | {m['samples']:.0f} | "
             f"{r['train_seconds']:.0f} | {r['train_steps']:.0f} | {m['provenance']} |")
     lines.append("")
+    students = [r for r in test if r.get("distill") and r["seed"] == first]
+    if students:
+        lines += ["## Distillation (test, seed " + str(first) + ")", "",
+                  "Each student is trained on its teacher's samples at the teacher setting named (guidance and "
+                  "temperature distilled: the student samples unguided, one pass per call); `noise` students "
+                  "read the teacher's sampling noise and take the argmax, `skip` students draw each group of "
+                  "scales. Teacher time counts the teacher's own training and tokenizer; the pairs are the "
+                  "teacher's sampling time; agreement is the share of held-out teacher tokens a noise student "
+                  "reproduces from their noise.", "",
+                  "| student | teacher setting | NFE | FD | teacher FD | FD / teacher FD | FD / floor | KID | "
+                  "s / sample | pairs | pairs s | student train s | teacher train s | agreement | exact samples |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in students:
+            m, d = r["m"], r["distill"]
+            teacher = next((t for t in test if t["model"] == "refiner" and t["seed"] == first
+                            and t["setting"].split("_raw")[0] == r["teacher"]), None)
+            tfd = teacher["m"]["fd"] if teacher else None
+            agree = "agreement" if r["setting"].endswith("_raw") else "agreement_ema"  # of the weights that sampled
+            lines.append(f"| {r['model']} | {r['teacher']}{'' if teacher is None else ' (' + teacher['setting'] + ')'} | "
+                         f"{m['nfe']:.0f} | {_fmt(m['fd'])} | {_fmt(tfd)} | "
+                         f"{_fmt(m['fd'] / tfd if tfd else None)} | {_fmt(m.get('fd_over_floor'))} | "
+                         f"{_fmt(m.get('kid'))} | {m['seconds_per_sample']:.4f} | {d.get('pairs', 0):.0f} | "
+                         f"{d.get('pair_seconds', 0):.0f} | {d.get('train_seconds', 0):.0f} | "
+                         f"{d.get('teacher_seconds', 0):.0f} | {_fmt(d.get(agree))} | "
+                         f"{_fmt(d.get(agree + '/exact_samples'))} |")
+        lines.append("")
     val = [r for r in rows if r["split"] == "val" and r["seed"] == first]
     if val:
         lines += ["## Validation sweeps (seed " + str(first) + ")", "",
@@ -504,7 +570,7 @@ def main(argv=None):
     ap.add_argument("--models", nargs="+", default=["refiner", "ddpm", "ar"], choices=["refiner", "ddpm", "ar"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--samples", type=int, default=1000, help="samples per row (val and test)")
-    ap.add_argument("--weights", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0],
+    ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0, 4.0],
                     help="guidance weights tried on val")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.9, 0.8])
     ap.add_argument("--headline-nfe", type=int, default=12)
@@ -512,6 +578,10 @@ def main(argv=None):
     ap.add_argument("--ancestral-steps", type=int, default=1000, help="steps of the ancestral DDPM row")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--tokenizer-steps", type=int, default=2000)
+    ap.add_argument("--students", nargs="*", default=["noise-1", "noise-2", "skip-3"],
+                    help="few-call students of the refiner: <noise|skip>-<calls>")
+    ap.add_argument("--distill-minutes", type=float, default=10.0, help="training time per student")
+    ap.add_argument("--distill-pairs", type=int, default=20000, help="teacher samples per student")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new piece after this long")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from finished pieces")
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
@@ -520,6 +590,10 @@ def main(argv=None):
     ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides for every model")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    for spec in args.students:
+        kind, _, calls = spec.partition("-")
+        if kind not in ("noise", "skip") or not calls.isdigit() or int(calls) < 1:
+            ap.error(f"--students {spec}: write <noise|skip>-<calls>, e.g. noise-1 noise-2 skip-3")
     shared = (REPO.parent / "shared").resolve()
     for path in (args.out, args.doc):
         if Path(path).resolve().is_relative_to(shared):
@@ -575,7 +649,7 @@ def main(argv=None):
     report()
 
     # 2. the refiner: tune on val, frontier on test
-    chosen_refiner = None
+    chosen_refiner = chosen_plain = None
     t = trained.get(("refiner", first))
     if t:
         tok = tokenizers[first][0]
@@ -583,7 +657,7 @@ def main(argv=None):
                          guidance(2.0, "linear"), tok, weights=w) for w in ("ema", "raw")]
         choose_weights(b, "refiner", first, t, "linear_w2", guidance(2.0, "linear"), tok)
         chosen = tune_refiner(b, "refiner", first, t, tok)
-        candidates = []
+        candidates, plain = [], []
         for schedule, sample in chosen.items():
             for r in ROUNDS:
                 name = f"{schedule}_R{r}"
@@ -593,11 +667,16 @@ def main(argv=None):
                                    rounds_setting(sample, r), tok)
                 if v and test_row and v["m"]["nfe"] <= args.headline_nfe:
                     candidates.append((v["m"]["fd"], len(candidates), name, rounds_setting(sample, r), test_row))
+                if v and test_row and r == 0:
+                    plain.append((v["m"]["fd"], len(plain), name, sample, test_row))
                 rows += [v, test_row]
         if candidates:
             _, _, name, sample, test_row = min(candidates)
             chosen_refiner = (name, sample)
             test_row["headline"] = True
+        if plain:  # the teacher of the noise students: the val-best setting without refinement
+            _, _, name, sample, test_row = min(plain)
+            chosen_plain = (name, sample, test_row)
         report()
 
     # 3. the DDPM: guidance weight on val with DDIM-10, then DDIM and DDPM-1000 on test
@@ -626,6 +705,34 @@ def main(argv=None):
                 rows.append(r)
                 report()
         report()
+
+    # 3b. few-call students of the refiner: noise students of its best setting without refinement
+    # (refinement rounds draw from streams a noise student does not read), skip students of the
+    # headline setting; each scored on val (EMA or raw weights) and once on test
+    t = trained.get(("refiner", first))
+    if t and args.students:
+        tok = tokenizers[first][0]
+        for spec in args.students:
+            kind, calls = spec.split("-")
+            setting = chosen_plain if kind == "noise" else (chosen_refiner + (None,) if chosen_refiner else None)
+            if setting is None:
+                continue
+            teacher_name, teacher_sample, teacher_row = setting
+            student = attempt(f"distil {spec}", b.distill, kind, int(calls), first, t,
+                              (teacher_name, teacher_sample), tok)
+            if not student:
+                continue
+            model = f"student-{kind}{calls}"
+            name = f"of_{teacher_name}"
+            choose_weights(b, model, first, student, name, [], tok)
+            v = attempt(f"{model} val", b.score, model, first, student, "val", name, [], tok)
+            r = attempt(f"{model} test", b.score, model, first, student, "test", name, [], tok)
+            if r:
+                r["headline"] = True
+                r["teacher"] = teacher_name
+                r["distill"] = student
+            rows += [v, r]
+            report()
 
     # 4. the AR over the refiner's codes
     t = trained.get(("ar", first))

@@ -30,7 +30,16 @@ def build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
     """The model of a run: the domain's own (``c2f_model``), or the core's scale model from the
     domain's scale ops, tokenizer, refiner and condition (class labels, or a field on the
     support: ``c2f_condition``), with the scalar quantiser's per-scale unit calibrated on training
-    data when ``model.quant_calibrate`` is set."""
+    data when ``model.quant_calibrate`` is set. With ``distill.teacher`` set, the student of such a
+    model (``core.distill``)."""
+    model = _build_model(cfg, domain, data)
+    if cfg.distill.teacher:  # a student: the teacher's model shape around a few-call backbone
+        from core.distill import make_student
+        return make_student(cfg, model)
+    return model
+
+
+def _build_model(cfg: DictConfig, domain, data) -> torch.nn.Module:
     model = domain.c2f_model(cfg=cfg, data=data)
     if model is not None:
         return model

@@ -21,6 +21,7 @@ from core.errors import ConfigError
 from core.plugins import UnknownDomainError, available_domains, config_dirs
 from core.provenance import flatten
 from core.records import nearest
+from core.distill import DistillSection
 from core.train import TrainSection
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -87,6 +88,7 @@ class Schema:
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    distill: DistillSection = field(default_factory=DistillSection)
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -96,7 +98,8 @@ POSITIVE = (("train.steps", 1), ("train.batch_size", 1), ("train.log_every", 1),
             ("sample.num_samples", 1), ("sample.batch_size", 1), ("refiner.d_model", 1),
             ("refiner.layers", 1), ("refiner.heads", 1), ("model.num_codes", 2),
             ("sample.refine_rounds", 0), ("sample.max_redraws", 0), ("sample.flops_samples", 0),
-            ("train.max_seconds", 0), ("train.lr", 0))
+            ("train.max_seconds", 0), ("train.lr", 0), ("distill.calls", 1), ("distill.pairs", 1),
+            ("distill.val_pairs", 0), ("distill.pair_batch", 1), ("distill.noise_freqs", 0))
 
 
 def known_settings(cfg=None) -> list[str]:

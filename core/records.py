@@ -62,7 +62,10 @@ def _is_free(key: str, free) -> bool:
 # settings newer than some checkpoints, with the value that does what those checkpoints' runs did:
 # a record without the key matches a run with that value
 ADDED_LATER = {"train.precision": "fp32", "train.compile": False, "train.compile_mode": "default",
-               "sample.precision": "fp32", "device": "auto", "model.quant_calibrate": False}
+               "sample.precision": "fp32", "device": "auto", "model.quant_calibrate": False,
+               "distill.teacher": None, "distill.student": "noise", "distill.calls": 1,
+               "distill.splits": None, "distill.pairs": 20000, "distill.val_pairs": 500,
+               "distill.pair_batch": 500, "distill.init": "teacher", "distill.noise_freqs": 6}
 
 
 def differences(recorded: dict, current: dict, free=FREE) -> list[tuple[str, object, object]]:

@@ -34,7 +34,7 @@ MASKS = ("block_causal", "markov")
 
 def fourier_features(pos: torch.Tensor, num_freqs: int) -> torch.Tensor:
     """[n, P] coordinates in [0, 1] -> [n, P * (2 * num_freqs + 1)]."""
-    freqs = math.pi * 2.0 ** torch.arange(num_freqs, dtype=pos.dtype)
+    freqs = math.pi * 2.0 ** torch.arange(num_freqs, dtype=pos.dtype, device=pos.device)
     angles = pos[..., None] * freqs
     return torch.cat([pos[..., None], angles.sin(), angles.cos()], -1).flatten(-2)
 

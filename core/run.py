@@ -43,7 +43,7 @@ from core.train import TrainConfig, load_checkpoint, load_weights, train
 
 log = logging.getLogger("c2f")
 
-CORE_TASKS = ("train", "sample", "evaluate", "all")
+CORE_TASKS = ("train", "sample", "evaluate", "all", "distill")
 PIPELINE = ("train", "sample", "evaluate")
 
 
@@ -53,6 +53,9 @@ def _checkpoint_path(cfg, run_dir: Path) -> Path:
 
 # ---------------------------------------------------------------- tasks
 def task_train(cfg, domain, run_dir: Path) -> dict:
+    if cfg.distill.teacher:
+        raise ConfigError("distill.teacher is set: a student trains on its teacher's samples with "
+                          "task=distill (task=sample then samples it)")
     data = load_data(cfg, domain, "train")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, domain, data)
@@ -210,7 +213,7 @@ def check_records(cfg: DictConfig, domain, run_dir: Path) -> tuple[DictConfig, b
     tasks = PIPELINE if cfg.task == "all" else (cfg.task,)
     current = OmegaConf.to_container(cfg, resolve=True)
     own = run_dir / "checkpoints" / "last.pt"
-    if "train" in tasks:
+    if "train" in tasks or "distill" in tasks:
         if not cfg.train.resume:
             if own.is_file():
                 raise SettingsError(f"{run_dir} already holds a training run ({own}); resume it with "
@@ -225,6 +228,12 @@ def check_records(cfg: DictConfig, domain, run_dir: Path) -> tuple[DictConfig, b
             log.warning("the checkpoint %s records no settings (written by an older version): resuming "
                         "without checking them", own)
         else:
+            if "distill" in tasks:  # a student records its teacher's model settings, not the command's
+                from core.distill import PAIR_SETTINGS
+
+                recorded, current = ({"distill": c.get("distill"), "train": c.get("train"), "seed": c.get("seed"),
+                                      "sample": {k: c.get("sample", {}).get(k) for k in PAIR_SETTINGS}}
+                                     for c in (recorded, current))
             check_resume(recorded, current, FREE + _free_settings(cfg, domain), int(state["step"]),
                          state.get("schedule_steps"))
         finished = int(state["step"]) >= cfg.train.steps
@@ -269,7 +278,8 @@ def run(cfg: DictConfig, run_dir) -> dict:
     try:
         with RunLock(run_dir) if distributed.is_main() else nullcontext():
             cfg, finished = check_records(cfg, domain, run_dir)
-            if finished and cfg.task == "train":  # report it and change nothing
+            done = cfg.task == "train" or (cfg.task == "distill" and (run_dir / "metrics.json").is_file())
+            if finished and done:  # report it and change nothing
                 stored = run_dir / "metrics.json"
                 return json.loads(stored.read_text()) if stored.is_file() else {}
             try:
@@ -306,6 +316,9 @@ def _run_tasks(cfg: DictConfig, domain, run_dir: Path) -> dict:
         elif step == "sample":
             sample_metrics, samples = task_sample(cfg, domain, run_dir)
             metrics.update(sample_metrics)
+        elif step == "distill":
+            from core.distill import task_distill
+            metrics.update(task_distill(cfg, domain, run_dir))
         elif step == "evaluate":
             if distributed.is_main():
                 metrics.update(task_evaluate(cfg, domain, run_dir, samples))

@@ -163,19 +163,28 @@ class TokenScheduler:
         return filter_logits(value / self.temperature, self.top_k, self.top_p)
 
     def draw(self, pred: Prediction, generators: list[torch.Generator]) -> torch.Tensor:
+        """Tokens of a prediction: each token is ``invert`` at uniforms from the samples' streams."""
+        value = pred.value
+        if pred.kind == "continuous" or self.temperature == 0:
+            return self.invert(pred, None)
+        shape = value.shape[1:] if pred.kind == "bits" else value.shape[1:-1]
+        return self.invert(pred, _uniforms(generators, shape).to(value.device))
+
+    def invert(self, pred: Prediction, u: torch.Tensor | None) -> torch.Tensor:
+        """The tokens at uniforms ``u`` (one per token; per bit for ``bits``): the inverse CDF of
+        the tempered, filtered distribution (the argmax at temperature 0, where ``u`` is unused).
+        Given its uniforms, a draw is a deterministic function (what a distilled student learns)."""
         value = pred.value
         if pred.kind == "continuous":
             return value
         if pred.kind == "bits":
             if self.temperature == 0:
                 return bits_to_index(value > 0)
-            u = _uniforms(generators, value.shape[1:]).to(value.device)
             return bits_to_index(u < torch.sigmoid(value / self.temperature))
         if pred.kind != "index":
             raise ValueError(f"unknown prediction kind '{pred.kind}'")
         if self.temperature == 0:
             return value.argmax(-1)
-        u = _uniforms(generators, value.shape[1:-1]).to(value.device)
         probs = self._logits(value).softmax(-1)
         cdf = probs.cumsum(-1)
         return (cdf < u[..., None] * cdf[..., -1:]).sum(-1).clamp_max(value.shape[-1] - 1)
