@@ -137,7 +137,7 @@ class Bench:
     def hashed(over: list[str]) -> dict:
         """The overrides that define a piece (not where files are or how chatty it is), by key."""
         skip = ("progress=", "domain.data_dir=", "domain.tokenizer_path=", "checkpoint=",
-                "samples_path=", "train.steps=", "train.resume=", "distill.teacher=")
+                "samples_path=", "train.steps=", "train.resume=", "distill.teacher=", "distill.pairs_dir=")
         return dict(sorted(o.split("=", 1) for o in over if not o.startswith(skip)))
 
     # --- tokenizer and models
@@ -202,7 +202,9 @@ class Bench:
             sample = sample + ["sample.use_ema=false"]
         over = self.model_overrides("refiner", seed, tok) + sample + [
             f"distill.student={kind}", f"distill.calls={calls}", f"distill.pairs={a.distill_pairs}",
-            "distill.val_pairs=1000", "train.ema_warmup=true", f"train.max_seconds={budget:.0f}"]
+            "distill.val_pairs=1000", "train.ema_warmup=true", f"train.max_seconds={budget:.0f}",
+            # the students of one teacher setting share its pairs (keyed by what made them)
+            f"distill.pairs_dir={self.out / f'pairs_s{seed}_{name}'}"]
         folder = self.out / f"student-{kind}{calls}_s{seed}" / "train"
         config = {"piece": "distill", "overrides": self.hashed(over), "teacher": teacher["config_hash"]}
         ckpt = Path(teacher["piece"]) / "checkpoints" / "last.pt"
@@ -706,15 +708,15 @@ def main(argv=None):
                 report()
         report()
 
-    # 3b. few-call students of the refiner: noise students of its best setting without refinement
-    # (refinement rounds draw from streams a noise student does not read), skip students of the
-    # headline setting; each scored on val (EMA or raw weights) and once on test
+    # 3b. few-call students of the refiner, all of its val-best setting without refinement
+    # (refinement rounds draw from streams a noise student does not read); each scored on val (EMA
+    # or raw weights) and once on test
     t = trained.get(("refiner", first))
     if t and args.students:
         tok = tokenizers[first][0]
         for spec in args.students:
             kind, calls = spec.split("-")
-            setting = chosen_plain if kind == "noise" else (chosen_refiner + (None,) if chosen_refiner else None)
+            setting = chosen_plain  # one teacher row for all students: their pairs are shared
             if setting is None:
                 continue
             teacher_name, teacher_sample, teacher_row = setting

@@ -39,7 +39,7 @@ log = logging.getLogger("c2f")
 FREE = ("task", "progress", "checkpoint", "samples_path", "overrides", "deterministic", "device",
         "train.resume", "train.extend", "train.log_every", "train.ckpt_every", "train.max_seconds",
         "train.compile", "train.compile_mode",
-        "domain.data_dir", "domain.store", "domain.tokenizer_path")
+        "domain.data_dir", "domain.store", "domain.tokenizer_path", "distill.pairs_dir")
 # a trained model's settings may differ from the sample/evaluate command's only in these
 SAMPLING_FREE = FREE + ("sample", "seed", "train")
 
@@ -64,7 +64,7 @@ def _is_free(key: str, free) -> bool:
 ADDED_LATER = {"train.precision": "fp32", "train.compile": False, "train.compile_mode": "default",
                "sample.precision": "fp32", "device": "auto", "model.quant_calibrate": False,
                "distill.teacher": None, "distill.student": "noise", "distill.calls": 1,
-               "distill.splits": None, "distill.pairs": 20000, "distill.val_pairs": 500,
+               "distill.splits": None, "distill.pairs": 20000, "distill.pairs_dir": None, "distill.val_pairs": 500,
                "distill.pair_batch": 500, "distill.init": "teacher", "distill.noise_freqs": 6}
 
 

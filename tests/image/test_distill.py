@@ -52,6 +52,14 @@ def test_pairs_are_the_teachers_samples_for_their_noise(shared_data, teacher):
     samples, _ = generate(model, scheduler, cond, seeds)
     decoded = decode_codes(model.pyramid, model.tokenizer, codes, model.refiner.tokens_per_scale)
     assert torch.allclose(decoded, samples, atol=1e-5)  # the pipeline decoded the doubled batch
+    # a noise student reads the same uniforms ahead for the same seeds, leaving the streams as they are
+    from core.distill import make_student
+    from core.sampler import streams
+    student = make_student(compose_config(tiny(shared_data, "model.refine=true", f"distill.teacher={teacher}")),
+                           model)
+    gens = streams(seeds)
+    assert torch.equal(student.init_state(cond, gens)["noise"], noise)
+    assert torch.equal(torch.stack([torch.rand(1, generator=g) for g in gens]), noise[:, :1, 0])
     # other noise, other tokens: the map reads the noise
     other = replay_tokens(model, scheduler, extensions, cond, seeds, torch.rand_like(noise))
     assert not torch.equal(other, codes)
@@ -62,17 +70,16 @@ def test_distill_trains_a_student_that_samples_in_fewer_calls(tmp_path, shared_d
     over = tiny(shared_data, "task=distill", f"distill.teacher={teacher}", f"distill.student={student}",
                 f"distill.calls={calls}", "distill.pairs=96", "distill.val_pairs=24", "distill.pair_batch=48",
                 "sample.guidance=1.0", "sample.guidance_schedule=linear", "train.steps=40",
-                "train.batch_size=16", "train.lr=3e-3", "train.warmup=5", "train.log_every=1")
+                "train.batch_size=16", "train.lr=3e-3", "train.warmup=5", "train.log_every=1",
+                "distill.init=random")
     m = run(compose_config(over), tmp_path / "d")
     assert m["train_steps"] == 40 and m["pairs"] == 96 and m["student_calls"] == calls
     assert m["teacher_nfe"] == 6 and m["pair_seconds"] > 0 and m["val_loss"] > 0
     log = [json.loads(line) for line in (tmp_path / "d" / "train_log.jsonl").read_text().splitlines()]
     first, last = (sum(r["loss"] for r in part) / 5 for part in (log[:5], log[-5:]))
-    if student == "noise":  # the teacher's tokens are a function of the noise: the student learns it
-        assert last < 0.9 * first, (first, last)
+    assert last < 0.95 * first, (first, last)
+    if student == "noise":
         assert 0 <= m["agreement"] <= 1 and f"agreement/call{calls - 1}" in m
-    else:  # skip targets are draws; the student starts at its teacher, so its loss only stays sane
-        assert last < 1.1 * first, (first, last)
     # the student samples through the ordinary pipeline: one unguided pass per call
     ckpt = tmp_path / "d" / "checkpoints" / "last.pt"
     s = run(compose_config(tiny(shared_data, "task=sample", f"checkpoint={ckpt}", "sample.guidance=2.0")),
