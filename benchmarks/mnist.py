@@ -191,13 +191,14 @@ class Bench:
         return m
 
     # --- distillation
-    def distill(self, kind: str, calls: int, seed: int, teacher: dict, setting: tuple, tok: Path) -> dict | None:
-        """A ``kind`` student with ``calls`` calls of the refiner ``teacher`` at its sampler
-        ``setting`` (name, overrides), trained for ``--distill-minutes`` on ``--distill-pairs``
-        of its samples. Charged: the teacher's training, the pairs and the student's training."""
+    def distill(self, spec: str, seed: int, teacher: dict, setting: tuple, tok: Path) -> dict | None:
+        """The student ``spec`` (``student_spec``) of the refiner ``teacher`` at its sampler
+        ``setting`` (name, overrides), trained on ``--distill-pairs`` of its samples. Charged:
+        the teacher's training, the pairs and the student's training."""
         name, sample = setting
         a = self.args
-        budget = a.distill_minutes * 60
+        kind, calls, minutes, label = student_spec(spec, a.distill_minutes)
+        budget = minutes * 60
         if self.weights.get("refiner") == "raw":
             sample = sample + ["sample.use_ema=false"]
         over = self.model_overrides("refiner", seed, tok) + sample + [
@@ -205,7 +206,7 @@ class Bench:
             "distill.val_pairs=1000", "train.ema_warmup=true", f"train.max_seconds={budget:.0f}",
             # the students of one teacher setting share its pairs (keyed by what made them)
             f"distill.pairs_dir={self.out / f'pairs_s{seed}_{name}'}"]
-        folder = self.out / f"student-{kind}{calls}_s{seed}" / "train"
+        folder = self.out / f"{label}_s{seed}" / "train"
         config = {"piece": "distill", "overrides": self.hashed(over), "teacher": teacher["config_hash"]}
         ckpt = Path(teacher["piece"]) / "checkpoints" / "last.pt"
 
@@ -322,6 +323,18 @@ def choose_weights(b: Bench, model: str, seed: int, trained: dict, name: str, sa
 
 
 # ---------------------------------------------------------------- sampler settings
+def student_spec(spec: str, default_minutes: float) -> tuple[str, int, float, str]:
+    """``noise-2`` or ``noise-2-20m`` -> (kind, calls, training minutes, label). The label names
+    the student's folder and rows; a budget other than ``--distill-minutes`` is part of it."""
+    parts = spec.split("-")
+    if len(parts) not in (2, 3) or parts[0] not in ("noise", "skip") or not parts[1].isdigit() \
+            or int(parts[1]) < 1 or (len(parts) == 3 and not parts[2].endswith("m")):
+        raise ValueError(spec)
+    minutes = float(parts[2][:-1]) if len(parts) == 3 else default_minutes
+    label = f"student-{parts[0]}{parts[1]}" + (f"-{minutes:g}m" if len(parts) == 3 else "")
+    return parts[0], int(parts[1]), minutes, label
+
+
 def guidance(weight: float, schedule: str) -> list[str]:
     kind = "interval" if schedule.startswith("interval") else schedule
     over = [f"sample.guidance={weight}", f"sample.guidance_schedule={kind}"]
@@ -581,7 +594,7 @@ def main(argv=None):
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--tokenizer-steps", type=int, default=2000)
     ap.add_argument("--students", nargs="*", default=["noise-1", "noise-2", "skip-3"],
-                    help="few-call students of the refiner: <noise|skip>-<calls>")
+                    help="few-call students of the refiner: <noise|skip>-<calls>[-<minutes>m]")
     ap.add_argument("--distill-minutes", type=float, default=10.0, help="training time per student")
     ap.add_argument("--distill-pairs", type=int, default=20000, help="teacher samples per student")
     ap.add_argument("--max-minutes", type=float, default=None, help="start no new piece after this long")
@@ -593,9 +606,11 @@ def main(argv=None):
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     for spec in args.students:
-        kind, _, calls = spec.partition("-")
-        if kind not in ("noise", "skip") or not calls.isdigit() or int(calls) < 1:
-            ap.error(f"--students {spec}: write <noise|skip>-<calls>, e.g. noise-1 noise-2 skip-3")
+        try:
+            student_spec(spec, args.distill_minutes)
+        except ValueError:
+            ap.error(f"--students {spec}: write <noise|skip>-<calls>[-<minutes>m], e.g. noise-1 noise-2 "
+                     "skip-3 noise-1-20m")
     shared = (REPO.parent / "shared").resolve()
     for path in (args.out, args.doc):
         if Path(path).resolve().is_relative_to(shared):
@@ -715,16 +730,14 @@ def main(argv=None):
     if t and args.students:
         tok = tokenizers[first][0]
         for spec in args.students:
-            kind, calls = spec.split("-")
             setting = chosen_plain  # one teacher row for all students: their pairs are shared
             if setting is None:
                 continue
             teacher_name, teacher_sample, teacher_row = setting
-            student = attempt(f"distil {spec}", b.distill, kind, int(calls), first, t,
-                              (teacher_name, teacher_sample), tok)
+            student = attempt(f"distil {spec}", b.distill, spec, first, t, (teacher_name, teacher_sample), tok)
             if not student:
                 continue
-            model = f"student-{kind}{calls}"
+            model = student_spec(spec, args.distill_minutes)[3]
             name = f"of_{teacher_name}"
             choose_weights(b, model, first, student, name, [], tok)
             v = attempt(f"{model} val", b.score, model, first, student, "val", name, [], tok)
