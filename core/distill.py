@@ -150,9 +150,13 @@ class Student(nn.Module):
         return (self.level >= self.starts[g]) & (self.level < last)
 
     def predict(self, state: dict, g: int, cond: torch.Tensor) -> dict:
+        """Call g: the backbone runs on the scales up to the call's last one only (block causal:
+        the finer scales change nothing there), so an early call costs less than a full pass."""
+        last = self.starts[g + 1] if g + 1 < len(self.starts) else len(self.tokens_per_scale)
         visible = (self.level < self.starts[g]).expand(len(cond), -1)
-        pred = self.forward_tokens(state["noise"], state["codes"], visible, cond.to(state["codes"].device))
-        return {"band": Prediction(pred.kind, pred.value[:, self._call_positions(g)])}
+        pred = self.forward_tokens(state["noise"], state["codes"], visible, cond.to(state["codes"].device), last)
+        first = sum(self.tokens_per_scale[: self.starts[g]])
+        return {"band": Prediction(pred.kind, pred.value[:, first:])}
 
     def add_band(self, state: dict, tokens: dict, g: int) -> dict:
         state["codes"][:, self._call_positions(g)] = tokens["band"].to(state["codes"])
@@ -162,8 +166,9 @@ class Student(nn.Module):
         return decode_codes(self.pyramid, self.tokenizer, state["codes"], self.tokens_per_scale)
 
     # --- the network
-    def forward_tokens(self, noise, codes, visible, cond):
-        """Predictions at all positions [B, L, G, V], seeing the ``codes`` where ``visible``."""
+    def forward_tokens(self, noise, codes, visible, cond, scales: int | None = None):
+        """Predictions [B, L', G, V] at the positions of the first ``scales`` scales (all by
+        default), seeing the ``codes`` where ``visible``."""
         per_scale = codes.split(self.tokens_per_scale, 1)
         values = torch.cat([self.pyramid.quantizer.dequantize(c, k) for k, c in enumerate(per_scale)], 1)
         values = values * visible.unsqueeze(-1).to(values)
@@ -172,10 +177,12 @@ class Student(nn.Module):
         for k, v in enumerate(values.split(self.tokens_per_scale, 1)):
             z = self.pyramid.add_band(z, unflat(v, ops.sizes[k]), k)
         full = self.pyramid.finish(z)
-        inputs = torch.cat([flat(ops.down(full, k)) for k in range(len(ops.sizes))], 1)
+        n = len(ops.sizes) if scales is None else scales
+        P = sum(self.tokens_per_scale[:n])
+        inputs = torch.cat([flat(ops.down(full, k)) for k in range(n)], 1)
         if self.kind == "noise":
-            inputs = torch.cat([noise_features(noise, self.noise_freqs), inputs], -1)
-        return self.head(self.backbone(inputs, cond, own=values, visible=visible))
+            inputs = torch.cat([noise_features(noise[:, :P], self.noise_freqs), inputs], -1)
+        return self.head(self.backbone(inputs, cond, own=values[:, :P], visible=visible[:, :P]))
 
     def loss(self, batch, generator: torch.Generator | None = None):
         """Cross-entropy of the teacher's tokens at the scales of a call drawn per item (seeing

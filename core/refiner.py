@@ -148,12 +148,15 @@ class ScaleTransformer(nn.Module):
 
     def forward(self, contexts: torch.Tensor, cond: torch.Tensor, own=None, visible=None) -> torch.Tensor:
         """Teacher-forced pass: contexts [B, L, C] of all scales -> features [B, L, d]
-        (``own``/``visible``: the scales' own tokens and where they are shown, for refinement)."""
+        (``own``/``visible``: the scales' own tokens and where they are shown, for refinement).
+        The contexts of the first scales alone (a prefix of the sequence) give exactly those
+        scales' features: no scale attends to a finer one."""
         c = self.cond_emb(cond)
         L = contexts.shape[1]
         x = torch.cat([c.unsqueeze(1), self._embed(contexts, 1, L + 1, own, visible)], 1)
+        mask = self.mask[: L + 1, : L + 1]
         for block in self.blocks:
-            x = block(x, c, self.mask)
+            x = block(x, c, mask)
         return self._out(x[:, 1:], c)
 
     def step(self, context: torch.Tensor, k: int, cond: torch.Tensor, cache: list, own=None,

@@ -60,6 +60,14 @@ def test_pairs_are_the_teachers_samples_for_their_noise(shared_data, teacher):
     gens = streams(seeds)
     assert torch.equal(student.init_state(cond, gens)["noise"], noise)
     assert torch.equal(torch.stack([torch.rand(1, generator=g) for g in gens]), noise[:, :1, 0])
+    # an early call runs the scales up to its own only: the same predictions as a full pass
+    two = make_student(compose_config(tiny(shared_data, "model.refine=true", f"distill.teacher={teacher}",
+                                           "distill.calls=2")), model).eval()
+    state = two.init_state(cond, streams(seeds))
+    with torch.no_grad():
+        early = two.predict(state, 0, cond)["band"].value
+        full = two.forward_tokens(state["noise"], state["codes"], (two.level < 0).expand(8, -1), cond).value
+    assert early.shape[1] == 14 and torch.allclose(early, full[:, :14], atol=1e-5)
     # other noise, other tokens: the map reads the noise
     other = replay_tokens(model, scheduler, extensions, cond, seeds, torch.rand_like(noise))
     assert not torch.equal(other, codes)
