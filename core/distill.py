@@ -181,7 +181,7 @@ class Student(nn.Module):
         P = sum(self.tokens_per_scale[:n])
         inputs = torch.cat([flat(ops.down(full, k)) for k in range(n)], 1)
         if self.kind == "noise":
-            inputs = torch.cat([noise_features(noise[:, :P], self.noise_freqs), inputs], -1)
+            inputs = torch.cat([fourier_features(noise[:, :P], self.noise_freqs), inputs], -1)
         return self.head(self.backbone(inputs, cond, own=values[:, :P], visible=visible[:, :P]))
 
     def loss(self, batch, generator: torch.Generator | None = None):
@@ -203,11 +203,6 @@ class Student(nn.Module):
 
     def forward(self, batch, generator: torch.Generator | None = None):
         return self.loss(batch, generator)
-
-
-def noise_features(noise: torch.Tensor, num_freqs: int) -> torch.Tensor:
-    """[B, L, G] uniforms -> [B, L, G * (2 * num_freqs + 1)] Fourier features."""
-    return fourier_features(noise, num_freqs)
 
 
 def _copy(generator: torch.Generator) -> torch.Generator:
@@ -282,7 +277,7 @@ def replay_tokens(teacher, scheduler, extensions, cond: torch.Tensor, seeds: lis
 
 # ---------------------------------------------------------------- building
 def check_teacher(cfg, domain):
-    """The teacher checkpoint's state and recorded config; refuses what cannot be distilled."""
+    """The teacher checkpoint's recorded config; refuses what cannot be distilled."""
     from core.records import recorded_config
     from core.train import load_checkpoint
 
@@ -300,7 +295,7 @@ def check_teacher(cfg, domain):
                           f"'{cfg.domain.name}': pass domain={name}")
     if (recorded.get("distill") or {}).get("teacher"):
         raise ConfigError(f"distill.teacher {path} is itself a student: distil its teacher instead")
-    return state, recorded
+    return recorded
 
 
 def student_config(cfg, recorded: dict):
@@ -433,7 +428,7 @@ def task_distill(cfg, domain, run_dir: Path) -> dict:
     if not cfg.distill.teacher:
         raise ConfigError("task=distill needs the teacher: distill.teacher=<run folder>/checkpoints/last.pt")
     check_distill_settings(cfg)
-    _, recorded = check_teacher(cfg, domain)
+    recorded = check_teacher(cfg, domain)
     scfg = student_config(cfg, recorded)
     teacher_cfg = scfg.copy()
     teacher_cfg.distill.teacher = None
