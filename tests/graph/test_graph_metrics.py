@@ -1,7 +1,9 @@
 """Tests of the graph-generation evaluation metrics (domains/graph/metrics.py)."""
 import itertools
+import json
 import math
 import time
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -337,13 +339,15 @@ def test_evaluate_graphs(planar, trees):
     train, test = planar
     gen = [_relabelled(g, i) for i, g in enumerate(test[:20])]
     result = M.evaluate_graphs(gen, test, train, kind="planar")
-    expected = {"mmd_degree", "mmd_clustering", "mmd_orbit", "mmd_spectral", "ratio", "valid", "unique",
-                "novel", "vun", "ratio_degree", "ratio_clustering", "ratio_orbit", "ratio_spectral"}
+    expected = {"mmd_degree", "mmd_clustering", "mmd_orbit", "mmd_spectral", "mmd_wavelet", "ratio", "ratio4",
+                "valid", "unique", "novel", "vun", "ratio_degree", "ratio_clustering", "ratio_orbit",
+                "ratio_spectral", "ratio_wavelet"}
     assert expected <= set(result)
     assert all(isinstance(v, float) for v in result.values())
     assert result["valid"] == result["unique"] == result["novel"] == result["vun"] == 1.0
-    ratios = [result[f"ratio_{n}"] for n in ("degree", "clustering", "orbit", "spectral")]
+    ratios = [result[f"ratio_{n}"] for n in ("degree", "clustering", "orbit", "spectral", "wavelet")]
     assert result["ratio"] == pytest.approx(np.mean(ratios))
+    assert result["ratio4"] == pytest.approx(np.mean(ratios[:4]))
     assert result["ratio_degree"] == pytest.approx(result["mmd_degree"] / M.mmd_degree(test, train))
 
     # tree graphs judged as planar-set samples: far away, yet valid planar graphs
@@ -366,3 +370,55 @@ def test_evaluate_graphs(planar, trees):
         M.evaluate_graphs([], test, train, kind="planar")
     with pytest.raises(ValueError):
         M.evaluate_graphs(gen, test, [], kind="planar")
+
+
+# --------------------------------------------------------------------------------------------
+# The published tools' own numbers (benchmarks/graph_reference.py made the fixture with PyGSP
+# and graph-tool, which are not installed here)
+# --------------------------------------------------------------------------------------------
+
+REFERENCE = Path(__file__).parent / "data" / "published_reference.json"
+
+
+@pytest.fixture(scope="module")
+def published():
+    return json.loads(REFERENCE.read_text())
+
+
+def test_wavelet_statistic_matches_pygsp_and_spectre(published, shared_data):
+    ref = published["wavelet"]
+    np.testing.assert_allclose(M.wavelet_filters(np.array(ref["x"])), np.array(ref["responses"]),
+                               rtol=1e-12, atol=1e-14)
+    for name, case in ref["mmd"].items():
+        k = int(case["ref"].split(":")[1].rstrip("]"))
+        test = _load_split(shared_data / "graphs" / f"{name}.npz", "test")[:k]
+        train = _load_split(shared_data / "graphs" / f"{name}.npz", "train")[:k]
+        assert M.mmd_wavelet(test, train) == pytest.approx(case["value"], rel=1e-9, abs=1e-12), name
+    # the statistic separates families: trees against planar graphs are far apart
+    planar = _load_split(shared_data / "graphs" / "planar.npz", "test")[:8]
+    trees = _load_split(shared_data / "graphs" / "tree.npz", "test")[:8]
+    assert M.mmd_wavelet(planar, trees) > 10 * ref["mmd"]["planar"]["value"]
+
+
+def test_sbm_wald_test_matches_graph_tool(published, shared_data):
+    ref = published["sbm"]
+    test = _load_split(shared_data / "graphs" / "sbm.npz", ref["split"])
+    assert len(test) == len(ref["graphs"])
+    checked = 0
+    for g, r in zip(test, ref["graphs"]):
+        if r["blocks"] is None:
+            continue
+        labels = np.array(r["blocks"])
+        k = labels.max() + 1
+        onehot = np.eye(k)[labels]
+        a = nx.to_numpy_array(g, nodelist=range(g.number_of_nodes()))
+        e, sizes = onehot.T @ a @ onehot, onehot.sum(axis=0)
+        assert sizes.tolist() == r["node_counts"]
+        assert M.sbm_wald_pvalue(sizes, e) == pytest.approx(r["pvalue"], rel=1e-9, abs=1e-12)
+        checked += 1
+    assert checked == len(test)
+    # our own block fit passes every graph the published fit passes (it fails none of them)
+    published_ok = [r["in_range"] and r["pvalue"] > 0.9 for r in ref["graphs"]]
+    ours = [bool(M.is_sbm_graph(g)) for g in test]
+    assert all(o for o, p in zip(ours, published_ok) if p)
+    assert 0.5 < np.mean(published_ok) < 1.0  # the test rejects some real graphs: it is not inert
