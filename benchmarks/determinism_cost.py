@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import domains.graph.model as graph_model  # noqa: E402
 from core.determinism import deterministic, index_sum  # noqa: E402
 from core.train import batch_indices, step_seed  # noqa: E402
-from domains.graph.data import get_splits  # noqa: E402
+from domains.graph.generators import get_splits  # noqa: E402
 
 SIZES = {"tiny": ("tree", dict(d_model=16, layers=1, heads=2), 4),
          "test": ("planar", dict(d_model=64, layers=1, heads=2, edge_layers=1), 4),

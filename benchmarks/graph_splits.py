@@ -30,36 +30,32 @@ sys.path.insert(0, str(REPO))
 from core.io import write_json_atomic  # noqa: E402
 from core.plugins import get_domain  # noqa: E402
 from core.build import build_model, load_data  # noqa: E402
-from core.sampler import TokenScheduler, generate, member_seeds  # noqa: E402
+from core.sampler import Run, TokenScheduler, generate, member_seeds, streams  # noqa: E402
 from core.train import load_weights  # noqa: E402
 from domains.graph.coarsen import build_pyramid, compose  # noqa: E402
-from domains.graph.model import (level_features, satisfies,  # noqa: E402
-                                 separate_splits, triangles)
+from domains.graph.model import satisfies, separate_splits  # noqa: E402
 
 BANDS = [(1, 8), (8, 16), (16, 32), (32, 64), (64, 10**9)]
 
 
 @torch.no_grad()
-def split_failures(model, n, edges, prio, target, step, temperature, gen) -> list[bool]:
+def draw_level(model, scheduler, n, edges, prio, target, step, seed):
+    """One level's node tokens and edge patterns for a single coarse graph, drawn by the sampling
+    pipeline itself (the model's predict, the scheduler, the edge head's rounds)."""
+    state = {"n": [n], "edges": [edges], "prio": [prio], "target": [target], "step": step}
+    run = Run(model, scheduler, torch.tensor([target]), [seed], streams([seed]))
+    k = min(step, model.num_scales - 1)
+    tokens = model.joined_tokens(run.draw(run.predict(state, k), k, state, run.generators), state)
+    nt = tokens["node"][0, :n, 0].numpy().astype(np.int64)
+    if model.pyramid_kw["separated"]:  # as the edge patterns were drawn
+        nt = separate_splits(nt, edges, prio)
+    return nt, tokens["edge"][0, :len(edges)].numpy().astype(np.int64)
+
+
+def split_failures(model, scheduler, n, edges, prio, target, step, seed) -> list[bool]:
     """Draw one level from the model on a coarse graph; for each split, whether it alone breaks
     planarity."""
-    x, ei, batch, pairs, _ = level_features([n], [edges], [prio], [target], [step], model.refiner.rw_steps)
-    h, node_logits = model.refiner(x, ei, batch)
-    t = max(temperature, 1e-6)
-    nt = torch.multinomial((node_logits / t).softmax(-1), 1, generator=gen).squeeze(1).numpy()
-    if model.pyramid_kw["separated"]:
-        nt = separate_splits(nt, edges, prio)
-    nt_t = torch.as_tensor(nt)
-    rounds = model.rounds_for(nt, pairs, prio)
-    tri = triangles(pairs, n) if model._needs_triangles else None
-    drawn = torch.zeros(len(pairs), dtype=torch.long)
-    for r in range(model.edge_rounds):
-        logits = model.refiner.edge_logits(h, pairs, nt_t, drawn, tri)
-        now = rounds == r
-        if not bool(now.any()):
-            continue
-        drawn[now] = torch.multinomial((logits[now] / t).softmax(-1), 1, generator=gen).squeeze(1)
-    et = drawn.numpy()
+    nt, et = draw_level(model, scheduler, n, edges, prio, target, step, seed)
     out = []
     for v in np.flatnonzero(nt > 0):
         first, second = edges[:, 0] == v, edges[:, 1] == v
@@ -98,15 +94,18 @@ def main():
     model = load_weights(build_model(cfg, domain, load_data(cfg, domain, "train")),
                          run / "checkpoints" / "last.pt").eval()
     test = load_data(cfg, domain, "test")[: args.graphs]
-    gen = torch.Generator().manual_seed(args.seed)
+    scheduler = TokenScheduler(temperature=args.temperature)
+    scheduler.set_scales(model.num_scales)
     rng = np.random.default_rng(args.seed)
+    draws = iter(range(10**9))  # a fresh sampling seed for every drawn level
 
     true_records = []
     for i, g in enumerate(test):
         pyr = build_pyramid(g.num_nodes, g.edges, rng, **model.pyramid_kw)
         for k in range(1, pyr.num_levels):
             c = pyr.levels[k - 1]
-            fails = split_failures(model, c.num_nodes, c.edges, c.prio, g.num_nodes, k, args.temperature, gen)
+            fails = split_failures(model, scheduler, c.num_nodes, c.edges, c.prio, g.num_nodes, k,
+                                   10**6 * args.seed + next(draws))
             true_records += [(c.num_nodes, f) for f in fails]
         print(f"true levels: graph {i + 1}/{len(test)}", end="\r", flush=True)
 
@@ -127,7 +126,7 @@ def main():
     model.add_band = add_band
     own_records = []
     for j, (n, e, prio, target, step) in enumerate(own_levels):
-        fails = split_failures(model, n, e, prio, target, step, args.temperature, gen)
+        fails = split_failures(model, scheduler, n, e, prio, target, step, 10**6 * args.seed + next(draws))
         own_records += [(n, f) for f in fails]
         print(f"own levels: {j + 1}/{len(own_levels)}", end="\r", flush=True)
 

@@ -21,6 +21,7 @@ pyramid is separated (``separated``: no two expanding nodes adjacent, enforced w
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
@@ -296,6 +297,20 @@ class GraphRefiner(nn.Module):
         return (0.5 * (forward_ + backward)).masked_fill(~allowed, float("-inf"))
 
 
+@dataclass
+class Level:
+    """What one level's backbone pass leaves for the draws that follow it (node tokens, then the
+    edge rounds, and any redraws): the features, the coarse edges and their graph and row in the
+    batch, and the edge rounds already derived from a set of node tokens."""
+    h: torch.Tensor              # backbone features [n, d]
+    pairs: torch.Tensor          # coarse edges of the whole batch [m, 2] (CPU)
+    pair_graph: torch.Tensor     # graph of each edge [m]
+    pair_local: torch.Tensor     # row of each edge within its graph [m]
+    batch: torch.Tensor          # graph of each node [n]
+    rounds: dict                 # node tokens (bytes) -> round of every edge
+    triangles: tuple | None      # the coarse graph's triangles (see ``triangles``), if the head uses them
+
+
 class GraphScaleModel(nn.Module):
     """The scale-model protocol of ``core.model`` for graphs (conditioned on the node count)."""
 
@@ -432,7 +447,7 @@ class GraphScaleModel(nn.Module):
         tri = triangles(pairs, len(batch)) if self._needs_triangles else None
         tri = None if tri is None else tuple(t.to(h.device) for t in tri)
         pair_local = self._local_index(pair_graph) if len(pairs) else pair_graph  # row of each edge
-        state["_level"] = (h, pairs, pair_graph, pair_local, batch, {}, tri)  # {}: rounds by node tokens
+        state["level"] = Level(h, pairs, pair_graph, pair_local, batch, {}, tri)
         edges_max = max([len(e) for e in state["edges"]] + [1])
         # edge logits need the drawn node tokens (and earlier rounds): filled in by condition_logits
         out = {"node": Prediction("index", node_dense.unsqueeze(2))}
@@ -442,7 +457,8 @@ class GraphScaleModel(nn.Module):
 
     def _node_flat(self, drawn, state) -> torch.Tensor:
         """The drawn node tokens [n] of the batch, separated as the level will be composed."""
-        _, pairs, _, _, batch, _, _ = state["_level"]
+        lv = state["level"]
+        pairs, batch = lv.pairs, lv.batch
         node_flat = drawn["node"].squeeze(2).cpu()[batch, self._local_index(batch)]
         if self.pyramid_kw["separated"]:
             node_flat = torch.as_tensor(separate_splits(
@@ -452,7 +468,8 @@ class GraphScaleModel(nn.Module):
     def _level_rounds(self, node_flat, state) -> torch.Tensor:
         """Rounds of the level's edges given its node tokens (cached: a walk order depends on
         them, and redraws change them for some rows only)."""
-        _, pairs, _, _, _, cache, _ = state["_level"]
+        lv = state["level"]
+        pairs, cache = lv.pairs, lv.rounds
         key = node_flat.numpy().tobytes() if self.edge_order == "walk" else b""
         if key not in cache:
             cache[key] = self.rounds_for(node_flat.numpy(), pairs, np.concatenate(state["prio"]))
@@ -461,7 +478,8 @@ class GraphScaleModel(nn.Module):
     def _flat_edges(self, drawn, state, upto: int, node_flat) -> torch.Tensor:
         """Edge patterns [m] of the batch drawn in rounds before ``upto`` (0 elsewhere), given
         the level's node tokens ``node_flat`` (``_node_flat``)."""
-        _, pairs, pair_graph, local, _, _, _ = state["_level"]
+        lv = state["level"]
+        pairs, pair_graph, local = lv.pairs, lv.pair_graph, lv.pair_local
         rounds = self._level_rounds(node_flat, state)
         flat = torch.zeros(len(pairs), dtype=torch.long)
         for t in range(upto):
@@ -473,7 +491,8 @@ class GraphScaleModel(nn.Module):
     def condition_logits(self, name, value, drawn, state):
         if not name.startswith("edge"):
             return value
-        h, pairs, pair_graph, _, batch, _, tri = state["_level"]
+        lv = state["level"]
+        h, pairs, pair_graph, tri = lv.h, lv.pairs, lv.pair_graph, lv.triangles
         node_flat = self._node_flat(drawn, state)
         earlier = self._flat_edges(drawn, state, int(name[4:]), node_flat)
         logits = self.refiner.edge_logits(h, pairs, node_flat, earlier, tri)
@@ -505,16 +524,17 @@ class GraphScaleModel(nn.Module):
         ok = torch.ones(len(state["n"]), dtype=torch.bool)
         if self.constraint is None:
             return ok
-        tokens = self._joined(tokens, state)
+        tokens = self.joined_tokens(tokens, state)
         for i in torch.as_tensor(rows).nonzero().flatten().tolist():
             if state["n"][i] < state["target"][i]:
                 n, edges, _, _ = self._compose_row(state, tokens, i)
                 ok[i] = satisfies(n, edges, self.constraint)
         return ok
 
-    def _joined(self, tokens, state) -> dict:
+    def joined_tokens(self, tokens, state) -> dict:
         """Node tokens and the edge patterns of all rounds, [B, m_max] (rows of the batch)."""
-        _, pairs, pair_graph, local, _, _, _ = state["_level"]
+        lv = state["level"]
+        pairs, pair_graph, local = lv.pairs, lv.pair_graph, lv.pair_local
         flat = self._flat_edges(tokens, state, self.edge_rounds, self._node_flat(tokens, state))
         B = len(state["n"])
         edges = torch.zeros(B, max([len(e) for e in state["edges"]] + [1]), dtype=torch.long)
@@ -523,7 +543,7 @@ class GraphScaleModel(nn.Module):
         return {"node": tokens["node"].cpu(), "edge": edges}  # composed with numpy
 
     def add_band(self, state, tokens, k):
-        tokens = self._joined(tokens, state)
+        tokens = self.joined_tokens(tokens, state)
         for i in range(len(state["n"])):
             if state["n"][i] >= state["target"][i]:
                 continue

@@ -14,10 +14,11 @@ import numpy as np
 import torch
 
 from core.hookspecs import hookimpl
-from domains.graph.data import GENERATORS, Graph, get_splits, load_graph_split, save_graph_splits
-from domains.graph.metrics import VALIDITY_FUNCTIONS, evaluate_graphs
+from domains.graph.data import Graph, load_graph_split, save_graph_splits
+from domains.graph.generators import GENERATORS, get_splits
+from domains.graph.metrics import VALIDITY_FUNCTIONS, evaluate_graphs, uniqueness_novelty
 from domains.graph.model import GraphScaleModel
-from core.errors import MissingFileError
+from core.errors import ConfigError, MissingFileError
 
 
 @lru_cache(maxsize=8)
@@ -96,13 +97,51 @@ def c2f_load_samples(cfg, path):
     return {"samples": graphs, "cond": torch.tensor([g.num_nodes for g in graphs])}
 
 
+EVAL_SPLITS = ("test", "val", "pooled")
+
+
+def reference_graphs(cfg) -> list[Graph]:
+    """The graphs ``task=evaluate`` scores against (``domain.eval_split``): the test split, the
+    validation split (choosing sampling settings never reads test), or all splits pooled."""
+    split = cfg.domain.get("eval_split", "test")
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"domain.eval_split={split!r}: choose one of {', '.join(EVAL_SPLITS)}")
+    splits = splits_for(cfg)
+    if split == "pooled":
+        return [g for name in ("train", "val", "test") for g in splits.get(name, [])]
+    if not splits.get(split):
+        raise ConfigError(f"domain.eval_split={split}: graph source '{cfg.domain.source}' has no "
+                          f"'{split}' split; use {', '.join(k for k, v in splits.items() if v)}")
+    return splits[split]
+
+
+def _published_sbm(cfg, gen, un_mask) -> dict:
+    """V.U.N. under the published SBM test (graph-tool's fit), where graph-tool is found."""
+    if validity_kind(cfg) != "sbm" or cfg.domain.get("published_sbm", "auto") in (False, "false", None):
+        return {}
+    from domains.graph.graph_tool_sbm import graph_tool_python, published_sbm_valid
+    python = graph_tool_python()
+    if python is None:
+        return {}
+    valid = np.array(published_sbm_valid(gen, python=python))
+    return {"valid_published": float(valid.mean()), "vun_published": float((valid & un_mask).mean())}
+
+
 @hookimpl
 def c2f_evaluate(cfg, samples, run_dir):
     splits = splits_for(cfg)
     gen = [g.to_networkx() for g in samples["samples"]]
-    ref = [g.to_networkx() for g in splits["test"]]
+    ref = [g.to_networkx() for g in reference_graphs(cfg)]
     train = [g.to_networkx() for g in splits["train"]]
     metrics = evaluate_graphs(gen, ref, train, validity_kind(cfg))
+    split = cfg.domain.get("eval_split", "test")
+    if split == "pooled":  # train is part of the reference: MMD(ref, train) is no baseline
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("ratio")}
+    metrics["eval_split"] = split
+    metrics["reference_graphs"] = len(ref)
+    if validity_kind(cfg) == "sbm":
+        metrics.update(_published_sbm(cfg, samples["samples"],
+                                      uniqueness_novelty(gen, train)[2]))
     metrics["mean_nodes"] = float(np.mean([g.number_of_nodes() for g in gen]))
     metrics["mean_edges"] = float(np.mean([g.number_of_edges() for g in gen]))
     return metrics
@@ -110,7 +149,7 @@ def c2f_evaluate(cfg, samples, run_dir):
 
 @hookimpl
 def c2f_free_settings(cfg):
-    return ["samples_split", "constrain", "draw", "validity"]
+    return ["samples_split", "constrain", "draw", "validity", "eval_split", "published_sbm"]
 
 
 @hookimpl

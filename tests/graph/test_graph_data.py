@@ -8,16 +8,9 @@ import numpy as np
 import pytest
 
 from domains.graph import data as gd
-from domains.graph.data import (
-    GENERATORS,
-    Graph,
-    GraphDataError,
-    get_splits,
-    load_graph_split,
-    load_graph_splits,
-    make_dataset,
-    save_graph_splits,
-)
+from domains.graph import generators as gg
+from domains.graph.data import Graph, GraphDataError, load_graph_split, load_graph_splits, save_graph_splits
+from domains.graph.generators import GENERATORS, get_splits, make_dataset
 
 # file -> (split sizes, (min nodes, max nodes)) from the data README
 SHARED = {
@@ -231,7 +224,7 @@ def test_shared_sets_have_their_family_properties(graphs_dir):
 
 def test_community_generator_matches_shared_community_small(graphs_dir):
     """Same recipe: shared graphs of each size have the generator's two communities."""
-    generated = {g.num_nodes: g for g in gd.community(60, seed=0)}
+    generated = {g.num_nodes: g for g in gg.community(60, seed=0)}
     assert set(generated) == {12, 14, 16, 18, 20}
     for g in load_graph_splits(graphs_dir / "community_small.npz")["train"]:
         c = g.num_nodes // 2
@@ -247,9 +240,9 @@ def test_generator_statistics_match_shared_sets(graphs_dir):
         return [g for gs in load_graph_splits(graphs_dir / f"{name}.npz").values() for g in gs]
 
     ref_planar = np.mean([g.num_edges for g in pooled("planar")])
-    assert abs(np.mean([g.num_edges for g in gd.planar(16, seed=0)]) - ref_planar) < 3.0
+    assert abs(np.mean([g.num_edges for g in gg.planar(16, seed=0)]) - ref_planar) < 3.0
     ref = pooled("sbm")
-    gen = gd.sbm(64, seed=0)
+    gen = gg.sbm(64, seed=0)
     ref_n, gen_n = np.mean([g.num_nodes for g in ref]), np.mean([g.num_nodes for g in gen])
     ref_m, gen_m = np.mean([g.num_edges for g in ref]), np.mean([g.num_edges for g in gen])
     assert abs(gen_n - ref_n) < 15 and abs(gen_m / ref_m - 1) < 0.2, (gen_n, ref_n, gen_m, ref_m)
@@ -428,74 +421,74 @@ def test_generator_seeded(name):
 
 
 def test_planar_generator():
-    for g in gd.planar(8, seed=0):
+    for g in gg.planar(8, seed=0):
         G = g.to_networkx()
         assert g.num_nodes == 64 and nx.is_connected(G) and nx.check_planarity(G)[0]
         assert 2 * 64 - 3 <= g.num_edges <= 3 * 64 - 6  # a triangulation of points in the plane
         # every bounded face is a triangle: at least m - n + 1 triangles (Euler)
         assert sum(nx.triangles(G).values()) // 3 >= g.num_edges - g.num_nodes + 1
-    assert all(g.num_nodes == 20 for g in gd.planar(3, n_nodes=20, seed=1))
+    assert all(g.num_nodes == 20 for g in gg.planar(3, n_nodes=20, seed=1))
 
 
 def test_tree_generator():
-    gs = gd.tree(20, seed=0)
+    gs = gg.tree(20, seed=0)
     assert all(g.num_nodes == 64 and nx.is_tree(g.to_networkx()) for g in gs)
     assert len({g.edges.tobytes() for g in gs}) == 20
 
 
 def test_grid_generator():
-    gs = gd.grid(8, seed=0)
+    gs = gg.grid(8, seed=0)
     assert all(is_grid(g.to_networkx()) for g in gs)
-    full = gd.grid(100, seed=5)  # exactly the 100 reference grids, shuffled
+    full = gg.grid(100, seed=5)  # exactly the 100 reference grids, shuffled
     shapes = sorted((g.num_nodes, g.num_edges) for g in full)
     expected = sorted((r * c, 2 * r * c - r - c) for r in range(10, 20) for c in range(10, 20))
     assert shapes == expected
-    assert [g.num_nodes for g in full] != [g.num_nodes for g in gd.grid(100, seed=6)]
-    g = gd.grid(1, seed=0)[0]
+    assert [g.num_nodes for g in full] != [g.num_nodes for g in gg.grid(100, seed=6)]
+    g = gg.grid(1, seed=0)[0]
     r_c = [(r, g.num_nodes // r) for r in range(10, 20) if g.num_nodes % r == 0]
     assert any(Graph.from_networkx(nx.grid_2d_graph(r, c)) == g for r, c in r_c)
 
 
 def test_lobster_generator():
-    gs = gd.lobster(15, seed=0)
+    gs = gg.lobster(15, seed=0)
     assert all(10 <= g.num_nodes <= 100 and is_lobster(g.to_networkx()) for g in gs)
     assert len({g.num_nodes for g in gs}) > 5
 
 
 def test_sbm_generator():
-    gs = gd.sbm(30, seed=0)
+    gs = gg.sbm(30, seed=0)
     sizes = [g.num_nodes for g in gs]
     assert all(40 <= n <= 200 for n in sizes) and len(set(sizes)) > 10
     # between-block density is low: at most a few % of all pairs are edges overall
     dens = [g.num_edges / (g.num_nodes * (g.num_nodes - 1) / 2) for g in gs]
     assert all(0.04 < d < 0.2 for d in dens), dens
-    assert all(g.num_components() == 1 for g in gd.sbm(10, seed=1, connected_only=True))
-    small = gd.sbm(5, seed=0, n_blocks=(2, 2), block_size=(20, 20), p_in=1.0, p_out=0.0)
+    assert all(g.num_components() == 1 for g in gg.sbm(10, seed=1, connected_only=True))
+    small = gg.sbm(5, seed=0, n_blocks=(2, 2), block_size=(20, 20), p_in=1.0, p_out=0.0)
     for g in small:
         assert g.num_nodes == 40 and g.num_edges == 2 * 190 and g.num_components() == 2
 
 
 def test_community_generator():
-    gs = gd.community(40, seed=0)
+    gs = gg.community(40, seed=0)
     assert {g.num_nodes for g in gs} <= {12, 14, 16, 18, 20}
     assert len({g.num_nodes for g in gs}) >= 4
     for g in gs:
         c = g.num_nodes // 2
         cross = ((g.edges[:, 0] < c) & (g.edges[:, 1] >= c)).sum()
         assert 1 <= cross <= 6 and g.num_components() == 1
-    free = gd.community(10, seed=0, fixed_community_seeds=False)
+    free = gg.community(10, seed=0, fixed_community_seeds=False)
     assert len({g.edges.tobytes() for g in free}) == 10
 
 
 def test_generator_argument_errors():
     with pytest.raises(GraphDataError, match="n_graphs must be >= 0"):
-        gd.planar(-1)
+        gg.planar(-1)
     with pytest.raises(GraphDataError, match="seed must be an integer"):
-        gd.tree(2, seed=1.5)
+        gg.tree(2, seed=1.5)
     with pytest.raises(GraphDataError, match="n_nodes must be >= 3"):
-        gd.planar(1, n_nodes=2)
+        gg.planar(1, n_nodes=2)
     with pytest.raises(GraphDataError, match="only 0 of 1 graphs"):
-        gd.lobster(1, seed=0, min_nodes=5000, max_nodes=6000, max_tries=20)
+        gg.lobster(1, seed=0, min_nodes=5000, max_nodes=6000, max_tries=20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,7 +500,7 @@ def test_make_dataset_splits_one_stream():
     d = make_dataset("tree", 5, 2, 3, seed=7)
     assert list(d) == ["train", "val", "test"]
     assert [len(v) for v in d.values()] == [5, 2, 3]
-    assert d["train"] + d["val"] + d["test"] == gd.tree(10, seed=7)
+    assert d["train"] + d["val"] + d["test"] == gg.tree(10, seed=7)
     assert make_dataset("planar", 2, 0, 1, seed=0, n_nodes=16)["val"] == []
     assert make_dataset("planar", 1, 0, 0, seed=0, n_nodes=16)["train"][0].num_nodes == 16
     with pytest.raises(GraphDataError, match="unknown generator 'trees'"):
@@ -525,7 +518,7 @@ def test_get_splits_sources(graphs_dir, shared_data, tmp_path, monkeypatch):
     assert get_splits("planar", shared_data) == from_graphs
     assert get_splits(str(graphs_dir / "ego_small.npz"))["test"][0].num_nodes >= 4
     assert get_splits(graphs_dir / "tree.npz")["val"] == load_graph_split(graphs_dir / "tree.npz", "val")
-    monkeypatch.setenv(gd.DATA_DIR_ENV, str(shared_data))
+    monkeypatch.setenv(gg.DATA_DIR_ENV, str(shared_data))
     assert len(get_splits("enzymes")["train"]) == 470
     with pytest.raises(GraphDataError) as info:
         get_splits("lobster", tmp_path)
@@ -534,7 +527,7 @@ def test_get_splits_sources(graphs_dir, shared_data, tmp_path, monkeypatch):
     assert "generator name" in msg
     with pytest.raises(GraphDataError, match="apply only to generators"):
         get_splits("planar", graphs_dir, n_train=3)
-    monkeypatch.delenv(gd.DATA_DIR_ENV)
+    monkeypatch.delenv(gg.DATA_DIR_ENV)
     with pytest.raises(GraphDataError, match="not a generator name"):
         get_splits("ego_small")
     with pytest.raises(GraphDataError, match=r"graph file not found: .*missing\.npz"):
