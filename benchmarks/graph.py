@@ -19,7 +19,8 @@ clustering, orbit, spectral and wavelet of MMD(test, generated) / MMD(test, trai
 without the wavelet, as this page reported before). NFE counts every network pass (backbone per
 level, edge head per round and per redraw); backbone-equivalent calls are FLOPs per graph over
 the FLOPs of one backbone pass on a graph of the final size. On SBM, V.U.N. is also given under
-the published validity test (graph-tool's block fit, where a Python with graph-tool is found).
+the published validity test (graph-tool's block fit, where a Python with graph-tool is found; on
+the test pieces only, as the fit takes seconds per graph).
 
 Every piece (a run folder) records its config hash and commit and is reused only when they match
 (``core.provenance``). Writes ``docs/results/graph.md`` and its twin ``graph.json``.
@@ -148,7 +149,8 @@ def select_temperature(base: list[str], train_seeds, temperatures, root: Path):
         trained[ts] = train_piece(base, ts, folder / "train")
         ckpt = folder / "train" / "checkpoints" / "last.pt"
         for t in temperatures:
-            val[t].append(sample_piece(base + [f"sample.temperature={t}", "seed=1000", "domain.eval_split=val"],
+            val[t].append(sample_piece(base + [f"sample.temperature={t}", "seed=1000", "domain.eval_split=val",
+                                              "domain.published_sbm=false"],
                                        ckpt, folder / f"val_t{t:g}"))
     return choose(val), val, trained
 
@@ -194,6 +196,7 @@ def evaluate_set(name: str, args) -> dict:
         for ts in args.train_seeds:
             folder = root / f"s{ts}"
             m = sample_piece(base + [f"sample.temperature={chosen}", "seed=0", "domain.eval_split=pooled",
+                                     "domain.published_sbm=false",
                                      f"sample.num_samples={args.pooled}", "sample.batch_size=64"],
                              folder / "train" / "checkpoints" / "last.pt", folder / f"pooled_t{chosen:g}")
             out["pooled"].append({"set": name, "train_seed": ts, **{k: m.get(k) for k in (
