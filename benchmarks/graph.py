@@ -36,14 +36,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.build import build_model  # noqa: E402
+from core.compute import count_flops  # noqa: E402
 from core.io import atomic_path, write_json_atomic  # noqa: E402
+from core.plugins import get_domain  # noqa: E402
 from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
-from core.train import resume_override  # noqa: E402
+from core.train import load_weights, resume_override  # noqa: E402
+from domains.graph.model import level_features  # noqa: E402
+from domains.graph.plugin import splits_for  # noqa: E402
 
 STATS = ("degree", "clustering", "orbit", "spectral", "wavelet")
 PUBLISHED = {  # V.U.N. % / ratio, from the shared data README (40 samples vs 40 test graphs)
@@ -98,13 +104,6 @@ def backbone_flops(base: list[str], ckpt: Path, folder: Path) -> float:
     record = check_piece(folder, cfg)
     path = folder / "metrics.json"
     if record is None:
-        from core.build import build_model
-        from core.compute import count_flops
-        from core.plugins import get_domain
-        from core.train import load_weights
-        from domains.graph.model import level_features
-        from domains.graph.plugin import splits_for
-
         domain = get_domain(cfg.domain.name)
         model = load_weights(build_model(cfg, domain, None), ckpt)
         graphs = splits_for(cfg)["test"]
@@ -112,7 +111,6 @@ def backbone_flops(base: list[str], ckpt: Path, folder: Path) -> float:
         x, edge_index, batch, _, _ = level_features(
             [g.num_nodes for g in graphs], [g.edges for g in graphs], [rng.random(g.num_nodes) for g in graphs],
             [g.num_nodes for g in graphs], [1] * len(graphs), model.refiner.rw_steps)
-        import torch
         with torch.no_grad():
             _, flops = count_flops(model.refiner, x, edge_index, batch)
         write_json_atomic({"backbone_flops_per_graph": flops / len(graphs), "graphs": len(graphs)}, path)

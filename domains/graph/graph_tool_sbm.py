@@ -27,6 +27,7 @@ interpreter cannot import the project; a test checks that the two agree on graph
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -106,14 +107,18 @@ def main(argv=None) -> int:
 
 def graph_tool_python() -> str | None:
     """The interpreter that imports graph_tool: ``$C2F_GRAPH_TOOL_PYTHON``, else the system
-    ``python3`` when it has it; None when there is none."""
-    candidates = [os.environ.get(PYTHON_ENV)] + ["/usr/bin/python3", shutil.which("python3")]
-    for exe in candidates:
+    ``python3`` when it has it; None when there is none (looked up once per setting)."""
+    return _find_graph_tool(os.environ.get(PYTHON_ENV))
+
+
+@functools.lru_cache(maxsize=4)
+def _find_graph_tool(env_python: str | None) -> str | None:
+    for exe in [env_python, "/usr/bin/python3", shutil.which("python3")]:
         if exe and Path(exe).exists():
             ok = subprocess.run([exe, "-c", "import graph_tool.all"], capture_output=True)
             if ok.returncode == 0:
                 return exe
-            if exe == os.environ.get(PYTHON_ENV):
+            if exe == env_python:
                 raise RuntimeError(f"{PYTHON_ENV}={exe} cannot import graph_tool: "
                                    f"{ok.stderr.decode().strip().splitlines()[-1:]}")
     return None
@@ -121,15 +126,21 @@ def graph_tool_python() -> str | None:
 
 def published_sbm_pvalues(graphs, steps: int = DEFAULT_STEPS, seed: int = 0,
                           python: str | None = None) -> list[dict]:
-    """Per graph ``(num_nodes, edges[E, 2])`` pairs or project ``Graph``s: the reference fit's
+    """Per graph (``(num_nodes, edges[E, 2])`` pairs, project ``Graph``s or networkx graphs on
+    nodes 0..n-1): the reference fit's
     blocks, block sizes, mean Wald p-value and whether the block counts are in range. Raises
     RuntimeError when no interpreter imports graph_tool (see :func:`graph_tool_python`)."""
     python = python or graph_tool_python()
     if python is None:
         raise RuntimeError("the published SBM test needs graph-tool: `apt install python3-graph-tool` "
                            f"(or set {PYTHON_ENV} to a Python that imports it)")
-    pairs = [(g.num_nodes, np.asarray(g.edges)) if hasattr(g, "num_nodes") else (int(g[0]), np.asarray(g[1]))
-             for g in graphs]
+    def pair(g):
+        if hasattr(g, "num_nodes"):  # the project's Graph
+            return g.num_nodes, np.asarray(g.edges)
+        if hasattr(g, "number_of_nodes"):  # networkx, nodes 0..n-1 (Graph.to_networkx)
+            return g.number_of_nodes(), np.asarray(list(g.edges()), dtype=np.int64).reshape(-1, 2)
+        return int(g[0]), np.asarray(g[1])
+    pairs = [pair(g) for g in graphs]
     num_nodes = np.array([n for n, _ in pairs], dtype=np.int64)
     sizes = [len(e) for _, e in pairs]
     edge_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)

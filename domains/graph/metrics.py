@@ -65,8 +65,13 @@ def evaluate_graphs(
     ref: Sequence[nx.Graph],
     train: Sequence[nx.Graph],
     kind: str | None = None,
+    more_validity: dict | None = None,
 ) -> dict[str, float]:
     """All metrics of the protocol for generated graphs ``gen`` against the reference (test) set.
+
+    ``more_validity`` maps a name to a function of the whole generated list that returns one
+    verdict per graph (another validity test, such as the published SBM fit): it adds
+    ``valid_<name>`` and ``vun_<name>``, sharing the uniqueness and novelty computed here.
 
     Keys: ``mmd_degree``, ``mmd_clustering``, ``mmd_orbit``, ``mmd_spectral``, ``mmd_wavelet`` (squared MMD to
     ``ref``), ``ratio_<name>`` = MMD(ref, gen) / MMD(ref, train) per statistic (nan when the
@@ -109,4 +114,8 @@ def evaluate_graphs(
         valid = np.array([bool(validity_fn(g)) for g in gen])
         out["valid"] = float(valid.mean())
         out["vun"] = float((valid & un_mask).mean())
+    for name, fn in (more_validity or {}).items():
+        valid = np.asarray(fn(gen), dtype=bool)
+        out[f"valid_{name}"] = float(valid.mean())
+        out[f"vun_{name}"] = float((valid & un_mask).mean())
     return out

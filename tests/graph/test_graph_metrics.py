@@ -360,6 +360,11 @@ def test_evaluate_graphs(planar, trees):
     copies = M.evaluate_graphs(train[:5] + train[:5], test, train, kind="tree")
     assert copies["novel"] == 0.0 and copies["unique"] == 0.5 and copies["vun"] == 0.0 and copies["valid"] == 0.0
 
+    # another validity test shares the uniqueness and novelty: every graph valid -> V.U.N. = U.N.
+    more = M.evaluate_graphs(train[:3] + gen[:3], test, train, kind="planar",
+                             more_validity={"all": lambda gs: [True] * len(gs)})
+    assert more["valid_all"] == 1.0 and more["vun_all"] == more["unique_novel"] == 0.5
+
     no_kind = M.evaluate_graphs(gen, test, train, kind=None)
     assert math.isnan(no_kind["valid"]) and math.isnan(no_kind["vun"])
     assert no_kind["unique"] == 1.0 and no_kind["novel"] == 1.0
