@@ -92,6 +92,33 @@ def triangles(pairs: torch.Tensor, num_nodes: int):
     return t(pos), t(eid[i]), torch.as_tensor(a < apex), t(eid[j]), torch.as_tensor(b < apex), t(apex)
 
 
+def triangle_closure(needed: torch.Tensor, tri, hops: int) -> torch.Tensor:
+    """The edges whose head state, after ``hops`` triangle layers, the ``needed`` edges read:
+    those within ``hops`` steps along shared triangles (each layer reads the other two edges of
+    every triangle of an edge). Running the head on these alone gives the needed edges' logits
+    exactly: an edge at distance d sees all of its messages for the first ``hops - d`` layers."""
+    keep = needed.clone()
+    if tri is None or not len(tri[0]):
+        return keep
+    edge, p_edge, _, q_edge, _, _ = tri
+    for _ in range(hops):
+        reach = keep[edge]
+        grown = keep.clone()
+        grown[p_edge[reach]] = True
+        grown[q_edge[reach]] = True
+        if torch.equal(grown, keep):
+            break
+        keep = grown
+    return keep
+
+
+def single_pattern(two_first: torch.Tensor, two_second: torch.Tensor) -> torch.Tensor:
+    """The pattern of edges whose ends' child counts allow exactly one (0 where several are
+    allowed): an edge between two nodes that keep one child joins them, whatever the head says."""
+    allowed = VALID.to(two_first.device)[two_first, two_second]
+    return torch.where(allowed.sum(-1) == 1, allowed.long().argmax(-1), 0)
+
+
 def draw_rounds(prio: np.ndarray, pairs: torch.Tensor, rounds: int) -> torch.Tensor:
     """The round (0..rounds-1) in which each edge's pattern is drawn: a pseudo-random function
     of the two priorities, symmetric, so the order travels with the nodes (equivariance)."""
@@ -207,10 +234,13 @@ class GraphRefiner(nn.Module):
     """
 
     def __init__(self, d_model: int = 96, layers: int = 4, heads: int = 4, rw_steps: int = 8,
-                 dropout: float = 0.0, edge_layers: int = 0):
+                 dropout: float = 0.0, edge_layers: int = 0, edge_dim: int | None = None):
         super().__init__()
         if edge_layers < 0:
             raise ValueError(f"edge_layers must be >= 0, got {edge_layers}")
+        edge_dim = d_model if edge_dim is None else int(edge_dim)
+        if edge_dim < 1:
+            raise ValueError(f"edge_dim must be >= 1, got {edge_dim}")
         self.rw_steps = rw_steps
         in_features = rw_steps + 1 + 8 + 4
         self.inp = nn.Sequential(nn.Linear(in_features, d_model), nn.SiLU(), nn.Linear(d_model, d_model))
@@ -224,13 +254,16 @@ class GraphRefiner(nn.Module):
         # what the edges drawn in earlier rounds say: per node, which of its slots each incident
         # edge uses (0 = not drawn yet); per triangle (P, Q, W), which slots of P and Q touch W
         self.slot_emb = nn.Embedding(4, d_model)
-        self.triangle_emb = nn.Embedding(4 * 4 * 3, d_model)
-        self.edge_head = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.SiLU(), nn.Linear(d_model, 16))
+        # the head's own width: it runs once per round on every edge and triangle of a level, so
+        # its cost, not the backbone's, dominates sampling (d_model wide by default)
+        self.triangle_emb = nn.Embedding(4 * 4 * 3, edge_dim)
+        self.edge_head = nn.Sequential(nn.Linear(2 * d_model + edge_dim, edge_dim), nn.SiLU(),
+                                       nn.Linear(edge_dim, 16))
         # between the head's two layers: message passing between the edges of each triangle, so
         # that an edge sees the patterns drawn further around both of its ends (several hops
         # along a planar node's rotation), not only its direct neighbours
-        self.pattern_emb = nn.Embedding(16, d_model) if edge_layers else None
-        self.edge_layers = nn.ModuleList(TriangleLayer(d_model) for _ in range(edge_layers))
+        self.pattern_emb = nn.Embedding(16, edge_dim) if edge_layers else None
+        self.edge_layers = nn.ModuleList(TriangleLayer(edge_dim) for _ in range(edge_layers))
 
     def forward(self, x, edge_index, batch):
         """Backbone features [n, d] and node-token logits [n, 3]."""
@@ -242,14 +275,18 @@ class GraphRefiner(nn.Module):
             h = layer(h, edge_index, batch)
         return h, self.node_head(h)
 
-    def edge_logits(self, h, pairs, node_tokens, drawn=None, tri=None):
+    def edge_logits(self, h, pairs, node_tokens, drawn=None, tri=None, needed=None):
         """Logits of the pattern of every coarse edge, symmetric in its orientation and masked
         to the patterns the two ends' child counts allow.
 
         ``drawn`` [m]: patterns of the edges drawn in earlier rounds (0 = not yet), with the
         coarse graph's triangles ``tri`` (see ``triangles``): the later rounds of a level see which
         child each neighbour already joined, so that a node's neighbours split between its two
-        children consistently (around a planar node: two arcs, not a random subset)."""
+        children consistently (around a planar node: two arcs, not a random subset).
+
+        ``needed`` [m] (bool): only these edges' logits are wanted (one round's edges). The head
+        then runs on them and the edges their triangle layers read (``triangle_closure``); the
+        other rows are 0 before the mask. Their logits are the full pass's."""
         dev = h.device  # structure may come from the CPU; tables and indices go to h's device
         if tri is None and len(self.edge_layers):
             tri = triangles(pairs, len(h))
@@ -266,8 +303,24 @@ class GraphRefiner(nn.Module):
         node_ctx = torch.zeros_like(h).index_add_(0, pairs[:, 0], self.slot_emb(first))
         node_ctx = node_ctx.index_add_(0, pairs[:, 1], self.slot_emb(second))
         node_state = h + node_tok + node_ctx  # gathered once per end (gather_rows: deterministic)
+        two = (node_tokens > 0).long()
+        allowed = VALID.to(dev)[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
+        full_m = len(pairs)
+        if needed is not None:  # the head on the needed edges and those their layers read
+            keep = triangle_closure(needed.to(dev), tri, len(self.edge_layers))
+            rows = keep.nonzero().flatten()
+            local = torch.full((full_m,), -1, dtype=torch.long, device=dev)
+            local[rows] = torch.arange(len(rows), device=dev)
+            if tri is not None and len(tri[0]):
+                edge, p_edge, p_first, q_edge, q_first, apex = tri
+                inside = keep[edge]  # incidences of the kept edges (their sources' patterns are read from drawn)
+                tri = (local[edge[inside]], p_edge[inside], p_first[inside], q_edge[inside],
+                       q_first[inside], apex[inside])
+            pairs, drawn_rows = pairs[rows], drawn[rows]
+        else:
+            rows, local, drawn_rows = None, None, drawn
         hp, hq = gather_rows(node_state, pairs[:, 0]), gather_rows(node_state, pairs[:, 1])
-        tri_fwd = tri_bwd = torch.zeros_like(hp)
+        tri_fwd = tri_bwd = hp.new_zeros(len(pairs), self.triangle_emb.embedding_dim)
         if tri is not None and len(tri[0]):
             edge, p_edge, p_first, q_edge, q_first, apex = tri
             sp = torch.where(p_first, first_slots[drawn[p_edge]], second_slots[drawn[p_edge]])
@@ -280,9 +333,14 @@ class GraphRefiner(nn.Module):
         state = first_layer(torch.cat([torch.cat([hp, hq, tri_fwd], 1), torch.cat([hq, hp, tri_bwd], 1)]))
         if len(self.edge_layers):
             # directed edges: row r is P -> Q, row m + r is Q -> P (patterns read from its tail)
-            state = state + self.pattern_emb(torch.cat([drawn, transpose[drawn]]))
+            state = state + self.pattern_emb(torch.cat([drawn_rows, transpose[drawn_rows]]))
             if len(tri[0]):
                 edge, p_edge, p_first, q_edge, q_first, _ = tri
+                if local is not None:  # messages between kept edges only (exact where needed)
+                    p_edge, q_edge = local[p_edge], local[q_edge]
+                    inside = (p_edge >= 0) & (q_edge >= 0)
+                    edge, p_edge, p_first, q_edge, q_first = (
+                        edge[inside], p_edge[inside], p_first[inside], q_edge[inside], q_first[inside])
                 p_dir = torch.where(p_first, p_edge, p_edge + m)  # P -> W
                 q_dir = torch.where(q_first, q_edge, q_edge + m)  # Q -> W
                 target = torch.cat([edge, edge + m])
@@ -292,9 +350,10 @@ class GraphRefiner(nn.Module):
                     state = layer(state, tail_side, head_side, target)
         out = last_layer(act(state))
         forward_, backward = out[:m], out[m:][:, transpose]
-        two = (node_tokens > 0).long()
-        allowed = VALID.to(dev)[two[pairs[:, 0]], two[pairs[:, 1]]]  # never 0: a coarse edge has a child edge
-        return (0.5 * (forward_ + backward)).masked_fill(~allowed, float("-inf"))
+        logits = 0.5 * (forward_ + backward)
+        if rows is not None:
+            logits = logits.new_zeros(full_m, 16).index_copy(0, rows, logits)
+        return logits.masked_fill(~allowed, float("-inf"))
 
 
 @dataclass
@@ -486,7 +545,17 @@ class GraphScaleModel(nn.Module):
             if f"edge{t}" in drawn:
                 now = rounds == t
                 flat[now] = drawn[f"edge{t}"].squeeze(2).cpu()[pair_graph[now], local[now]].long()
-        return flat
+        # an edge with one allowed pattern has it (its round's head pass may have been skipped)
+        fixed = self._single_patterns(node_flat, pairs)
+        fixed = torch.where(rounds < upto, fixed, 0)
+        return torch.where(fixed > 0, fixed, flat)
+
+    @staticmethod
+    def _single_patterns(node_flat, pairs) -> torch.Tensor:
+        if not len(pairs):
+            return torch.zeros(0, dtype=torch.long)
+        two = (node_flat > 0).long()
+        return single_pattern(two[pairs[:, 0]], two[pairs[:, 1]])
 
     def condition_logits(self, name, value, drawn, state):
         if not name.startswith("edge"):
@@ -494,8 +563,14 @@ class GraphScaleModel(nn.Module):
         lv = state["level"]
         h, pairs, pair_graph, tri = lv.h, lv.pairs, lv.pair_graph, lv.triangles
         node_flat = self._node_flat(drawn, state)
-        earlier = self._flat_edges(drawn, state, int(name[4:]), node_flat)
-        logits = self.refiner.edge_logits(h, pairs, node_flat, earlier, tri)
+        t = int(name[4:])
+        # the head runs for the round's edges that have a choice (and the edges they read); a
+        # round with none in the whole batch costs no pass (its draws are overridden)
+        needed = (self._level_rounds(node_flat, state) == t) & (self._single_patterns(node_flat, pairs) == 0)
+        if not bool(needed.any()):
+            return value
+        earlier = self._flat_edges(drawn, state, t, node_flat)
+        logits = self.refiner.edge_logits(h, pairs, node_flat, earlier, tri, needed=needed)
         out, _ = to_dense_batch(logits, pair_graph.to(logits.device), batch_size=value.shape[0], fill_value=0.0,
                                 max_num_nodes=value.shape[1])
         return out.unsqueeze(2)

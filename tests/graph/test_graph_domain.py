@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from core.build import build_model
+from core.compute import count_flops
 from core.run import compose_config, run
 from core.plugins import get_domain
 from core.sampler import Redraw, TokenScheduler, generate, member_seeds
 from domains.graph.coarsen import build_pyramid, compose, transpose_edge_tokens
 from domains.graph.data import Graph, GraphDataError, load_graph_split, save_graph_splits
 from domains.graph.model import (TRANSPOSE, GraphScaleModel, draw_rounds, fit_to_target,
-                                 level_features, satisfies, separate_splits, triangles,
-                                 walk_rounds)
+                                 level_features, satisfies, separate_splits, triangle_closure,
+                                 triangles, walk_rounds)
 
 TINY = ["domain=graph", "progress=false", "domain.model.d_model=16", "domain.model.layers=1",
         "domain.model.heads=2", "train.batch_size=4", "sample.num_samples=4", "sample.batch_size=4"]
@@ -148,7 +149,8 @@ def test_sampling_makes_one_call_per_level_and_hits_the_size():
     graphs, nfe = generate(model, TokenScheduler(), cond, member_seeds(0, cond), stats=stats)
     assert [g.num_nodes for g in graphs] == [64, 20, 1, 37]
     assert stats["nfe_backbone"] == len(calls) and 6 <= len(calls) <= model.num_scales  # >= log2(64)
-    assert nfe == 2 * len(calls) == stats["nfe_backbone"] + stats["nfe_head"]  # + the edge head per level
+    # + the edge head per level, except the first (one node, no edge to draw)
+    assert nfe == 2 * len(calls) - 1 == stats["nfe_backbone"] + stats["nfe_head"]
     again, _ = generate(model, TokenScheduler(), cond, member_seeds(0, cond))
     assert all(np.array_equal(a.edges, b.edges) for a, b in zip(graphs, again))
 
@@ -233,6 +235,60 @@ def test_walk_order_sampling_is_reproducible_and_sized():
     assert all(satisfies(g.num_nodes, g.edges, "planar") for g in graphs)
     again, _ = generate(model, TokenScheduler(), cond[1:], member_seeds(0, cond)[1:], [Redraw(20)])
     assert np.array_equal(again[0].edges, graphs[1].edges)  # redraws use each row's own rounds
+
+
+def test_edge_head_on_a_round_subset_gives_the_full_logits(real_planar):
+    """The head run on one round's edges and their triangle closure gives those edges the
+    logits of the full pass, for every depth of triangle layers."""
+    g = real_planar
+    for layers in (0, 1, 3):
+        torch.manual_seed(layers)
+        model = GraphScaleModel(d_model=16, layers=1, heads=2, edge_layers=layers, edge_dim=8).eval()
+        rng = np.random.default_rng(layers)
+        x, edge_index, batch, pairs, _ = level_features(
+            [g.num_nodes], [g.edges], [rng.random(g.num_nodes)], [g.num_nodes], [3], 8)
+        tokens = torch.as_tensor(rng.integers(0, 3, g.num_nodes))
+        drawn = torch.as_tensor(rng.integers(1, 16, len(pairs))) * torch.as_tensor(rng.random(len(pairs)) < 0.5)
+        tri = triangles(pairs, g.num_nodes)
+        needed = torch.as_tensor(rng.random(len(pairs)) < 0.05)
+        with torch.no_grad():
+            h, _ = model.refiner(x, edge_index, batch)
+            full = model.refiner.edge_logits(h, pairs, tokens, drawn, tri)
+            part = model.refiner.edge_logits(h, pairs, tokens, drawn, tri, needed=needed)
+        torch.testing.assert_close(part[needed], full[needed], rtol=1e-5, atol=1e-5)
+        closure = triangle_closure(needed, tri, layers)
+        assert needed.sum() < closure.sum() < len(pairs) if layers else torch.equal(closure, needed)
+
+
+def test_head_passes_are_the_rounds_with_a_choice(monkeypatch):
+    """The edge head runs for a round only where some edge of it has more than one allowed
+    pattern; every run is counted (redraws too), and skipping the others changes no sample."""
+    def build():
+        torch.manual_seed(0)
+        return GraphScaleModel(d_model=16, layers=1, heads=2, edge_rounds=6, edge_layers=2, edge_dim=8,
+                               separated=True, edge_order="walk", constraint="planar").eval()
+
+    cond = torch.tensor([26, 13])
+    model, heads = build(), []
+    edge_logits = model.refiner.edge_logits
+    model.refiner.edge_logits = lambda *a, **k: heads.append(k.get("needed")) or edge_logits(*a, **k)
+    stats = {}
+    (graphs, nfe), flops = count_flops(generate, model, TokenScheduler(), cond, member_seeds(0, cond),
+                                       [Redraw(5)], stats)
+    assert stats["nfe_head"] == len(heads) and nfe == stats["nfe_backbone"] + len(heads)
+    assert all(k is not None and bool(k.any()) for k in heads)
+    # the same draws when the head runs on every edge of every round with an edge (no pattern
+    # counts as fixed, no subset), as it did before
+    full = build()
+    full_logits = full.refiner.edge_logits
+    full.refiner.edge_logits = lambda *a, needed=None: full_logits(*a)
+    monkeypatch.setattr(GraphScaleModel, "_single_patterns",
+                        staticmethod(lambda node_flat, pairs: torch.zeros(len(pairs), dtype=torch.long)))
+    full_stats = {}
+    (again, _), full_flops = count_flops(generate, full, TokenScheduler(), cond, member_seeds(0, cond),
+                                         [Redraw(5)], full_stats)
+    assert all(np.array_equal(a.edges, b.edges) for a, b in zip(graphs, again))
+    assert full_stats["nfe_head"] >= stats["nfe_head"] and full_flops > 1.2 * flops
 
 
 def test_constrained_draws_keep_every_sample_a_tree():
