@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import domains.graph.model as graph_model  # noqa: E402
+import domains.graph.network as graph_network  # noqa: E402  (the refiner's row gather lives here)
 from core.determinism import deterministic, index_sum  # noqa: E402
 from core.train import batch_indices, step_seed  # noqa: E402
 from domains.graph.generators import get_splits  # noqa: E402
@@ -55,8 +56,8 @@ class _CanonicalGather(torch.autograd.Function):
 
 
 VARIANTS = {  # name: (deterministic mode, the refiner's row gather)
-    "default": (False, graph_model.gather_rows),
-    "deterministic": (True, graph_model.gather_rows),
+    "default": (False, graph_network.gather_rows),
+    "deterministic": (True, graph_network.gather_rows),
     "x[index], default": (False, lambda x, i: x[i]),
     "x[index], deterministic": (True, lambda x, i: x[i]),
     "index_sum backward, deterministic": (True, _CanonicalGather.apply),
@@ -71,14 +72,14 @@ def measure(size: str, steps: int, warmup: int = 3) -> dict[str, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     order = random.Random(0)
-    saved = graph_model.gather_rows
+    saved = graph_network.gather_rows
     try:
         for step in range(warmup + steps):
             batch = [data[i] for i in batch_indices(step, len(data), batch_size, 0).tolist()]
             names = list(VARIANTS)
             order.shuffle(names)
             for name in names:
-                det, graph_model.gather_rows = VARIANTS[name]
+                det, graph_network.gather_rows = VARIANTS[name]
                 with deterministic(det):
                     gen = torch.Generator().manual_seed(step_seed(0, step))
                     t = time.perf_counter()
@@ -90,7 +91,7 @@ def measure(size: str, steps: int, warmup: int = 3) -> dict[str, float]:
                     if step >= warmup:
                         times[name].append(time.perf_counter() - t)
     finally:
-        graph_model.gather_rows = saved
+        graph_network.gather_rows = saved
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 

@@ -1,7 +1,8 @@
 """Graph benchmark: planar, tree and SBM, measured as the published generators are measured.
 
     python benchmarks/graph.py --data-dir ../shared/data/graphs [--sets planar tree sbm]
-        [--train-seeds 0 1 2] [--temperature 1 0.85 0.7] [--seeds 0 1] [--pooled 512]
+        [--train-seeds 0 1 2] [--set-train-seeds sbm=0] [--temperature 1 0.85 0.7] [--seeds 0 1]
+        [--pooled 512]
 
 For each set and training seed (``configs/experiment/graph_<set>.yaml``, ``--override`` after it):
 1. train (``task=train``);
@@ -17,7 +18,7 @@ A row averages its training seeds x sampling seeds, and gives the range of V.U.N
 the spread of the training-seed means. The ratio is the published one: the mean over degree,
 clustering, orbit, spectral and wavelet of MMD(test, generated) / MMD(test, train) (``ratio4``
 without the wavelet, as this page reported before). NFE counts every network pass (backbone per
-level, edge head per round and per redraw); backbone-equivalent calls are FLOPs per graph over
+level, edge head per round with an edge to choose and per redraw); backbone-equivalent calls are FLOPs per graph over
 the FLOPs of one backbone pass on a graph of the final size. On SBM, V.U.N. is also given under
 the published validity test (graph-tool's block fit, where a Python with graph-tool is found; on
 the test pieces only, as the fit takes seconds per graph).
@@ -48,7 +49,7 @@ from core.plugins import get_domain  # noqa: E402
 from core.provenance import check_piece, provenance_label, record_piece  # noqa: E402
 from core.run import compose_config, run  # noqa: E402
 from core.train import load_weights, resume_override  # noqa: E402
-from domains.graph.model import level_features  # noqa: E402
+from domains.graph.network import level_features  # noqa: E402
 from domains.graph.plugin import splits_for  # noqa: E402
 
 STATS = ("degree", "clustering", "orbit", "spectral", "wavelet")
@@ -153,19 +154,29 @@ def select_temperature(base: list[str], train_seeds, temperatures, root: Path):
     return choose(val), val, trained
 
 
+def train_seeds_for(name: str, args) -> list[int]:
+    """The training seeds of set ``name``: ``--train-seeds``, unless ``--set-train-seeds`` names it."""
+    for item in args.set_train_seeds:
+        key, _, seeds = item.partition("=")
+        if key == name:
+            return [int(v) for v in seeds.split(",") if v != ""]
+    return list(args.train_seeds)
+
+
 def evaluate_set(name: str, args) -> dict:
     base = base_overrides(name, args.data_dir, args.override)
     root = Path(args.out) / name
-    chosen, val, trained = select_temperature(base, args.train_seeds, args.temperature, root)
+    train_seeds = train_seeds_for(name, args)
+    chosen, val, trained = select_temperature(base, train_seeds, args.temperature, root)
     _stamp(f"{name}: temperature {chosen:g} chosen on val")
-    out = {"set": name, "chosen_temperature": chosen, "val": [], "rows": [], "pooled": []}
+    out = {"set": name, "train_seeds": train_seeds, "chosen_temperature": chosen, "val": [], "rows": [], "pooled": []}
     for t in args.temperature:
         m = _mean(val[t])
         out["val"].append({"set": name, "temperature": t, "chosen": t == chosen, "vun": m.get("vun"),
                            "ratio": m["ratio"], "valid": m.get("valid"), "runs": len(val[t])})
     for mode, extra in (("plain", []), ("constrained", ["domain.constrain=auto"])):
         runs, per_train, flops_unit = [], [], []
-        for ts in args.train_seeds:
+        for ts in train_seeds:
             folder = root / f"s{ts}"
             ckpt = folder / "train" / "checkpoints" / "last.pt"
             flops_unit.append(backbone_flops(base, ckpt, folder / "backbone_flops"))
@@ -181,17 +192,17 @@ def evaluate_set(name: str, args) -> dict:
             per_train.append(_mean(mine))
         row = _mean(runs)
         row.update(set=name, setting=f"T = {chosen:g}", constrained=mode == "constrained",
-                   runs=len(runs), train_seeds=list(args.train_seeds), sampling_seeds=list(args.seeds),
+                   runs=len(runs), train_seeds=list(train_seeds), sampling_seeds=list(args.seeds),
                    vun_range=[min(r["vun"] for r in runs), max(r["vun"] for r in runs)],
                    vun_train_seed_means=[p["vun"] for p in per_train],
                    provenance=sorted({r["provenance"] for r in runs}),
-                   train_provenance=[provenance_label(trained[ts][1]) for ts in args.train_seeds])
+                   train_provenance=[provenance_label(trained[ts][1]) for ts in train_seeds])
         if "vun_published" in runs[0]:
             row["vun_published_range"] = [min(r["vun_published"] for r in runs),
                                           max(r["vun_published"] for r in runs)]
         out["rows"].append(row)
     if args.pooled:
-        for ts in args.train_seeds:
+        for ts in train_seeds:
             folder = root / f"s{ts}"
             m = sample_piece(base + [f"sample.temperature={chosen}", "seed=0", "domain.eval_split=pooled",
                                      "domain.published_sbm=false",
@@ -224,7 +235,8 @@ def write_page(results: list[dict], args, path: Path) -> None:
     cmd = f"python benchmarks/graph.py {' '.join(sys.argv[1:])}".rstrip()
     lines = ["# Graph generation on the benchmark splits", "", f"Command: `{cmd}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-             "CPU only. Training seeds " + " ".join(map(str, args.train_seeds)) + "; sampling seeds "
+             "CPU only. Training seeds: " + "; ".join(f"{r['set']} {' '.join(map(str, r['train_seeds']))}"
+                                                     for r in results) + ". Sampling seeds "
              + " ".join(map(str, args.seeds)) + " (40 graphs each, against the 40 test graphs). "
              "Squared MMD with the Gaussian total-variation kernel; ratio = mean over degree, "
              "clustering, orbit, spectral and wavelet of MMD(test, generated) / MMD(test, train), as "
@@ -232,7 +244,7 @@ def write_page(results: list[dict], args, path: Path) -> None:
              "clustering on trees, are left out). The temperature was chosen on the validation split "
              "(below); test was scored once at it.", "",
              "NFE: backbone passes per graph (one per level), and in brackets every network pass "
-             "(the edge head once per edge round and per redraw). Backbone-equivalent calls: FLOPs "
+             "(the edge head once per edge round with an edge to choose, and per redraw). Backbone-equivalent calls: FLOPs "
              "per graph / FLOPs of one backbone pass on a graph of the final size, the unit in which "
              "a full-graph denoiser (DiGress, DeFoG: 50-1000 calls) pays. V.U.N. (published test): SBM "
              "validity with graph-tool's block fit, as SPECTRE, DiGress and DeFoG score it "
@@ -293,6 +305,8 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "graphs"))
     ap.add_argument("--sets", nargs="+", default=["planar", "tree", "sbm"])
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--set-train-seeds", nargs="*", default=[], metavar="SET=SEEDS",
+                    help="training seeds of one set, e.g. sbm=0 or planar=0,1,2 (else --train-seeds)")
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.85, 0.7],
                     help="candidates, chosen on the validation split")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds on test")

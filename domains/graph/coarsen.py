@@ -54,6 +54,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from domains.graph.data import Graph
+
 __all__ = [
     "NODE_SINGLE",
     "NODE_PAIR",
@@ -125,28 +127,12 @@ def check_graph(num_nodes, edges, *, allow_empty: bool = False,
     """Validate a simple undirected graph and return ``(n, edges)`` in canonical form.
 
     Canonical edges are int64, oriented u < v and sorted lexicographically. Either orientation
-    is accepted on input; self loops, duplicate edges and ids outside 0..n-1 raise ValueError,
-    and so does an empty graph (0 nodes) unless ``allow_empty``.
+    is accepted on input. The checks are the graph type's own (``Graph.from_edge_list``, strict):
+    self loops, duplicate edges, ids outside 0..n-1 and non-integer input raise
+    ``GraphDataError`` (a ValueError), and so does an empty graph (0 nodes) unless ``allow_empty``.
     """
-    n = _as_count(num_nodes, f"{what}: num_nodes")
-    if n == 0 and not allow_empty:
-        raise ValueError(f"{what}: empty graph (0 nodes) has no pyramid")
-    e = _as_edge_array(edges, f"{what}: edges")
-    if len(e) == 0:
-        return n, e
-    if e.min() < 0 or e.max() >= n:
-        bad = e[(e < 0) | (e >= n)][0]
-        raise ValueError(f"{what}: node id {int(bad)} out of range for {n} nodes")
-    loops = e[:, 0] == e[:, 1]
-    if loops.any():
-        raise ValueError(f"{what}: self loop at node {int(e[loops][0, 0])} (simple graphs only)")
-    e = np.sort(e, axis=1)
-    e = _sort_edges(e)
-    dup = np.all(e[1:] == e[:-1], axis=1)
-    if dup.any():
-        u, v = e[1:][dup][0]
-        raise ValueError(f"{what}: duplicate edge ({int(u)}, {int(v)}) (simple graphs only)")
-    return n, e
+    g = Graph.from_edge_list(num_nodes, edges, strict=True, allow_empty=allow_empty, where=what)
+    return g.num_nodes, np.array(g.edges)
 
 
 def _check_prio(prio, n: int) -> np.ndarray:

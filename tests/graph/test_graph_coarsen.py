@@ -369,13 +369,14 @@ def test_max_levels():
 
 @pytest.mark.parametrize("n,edges,match", [
     (0, np.zeros((0, 2), int), "empty graph"),
-    (3, np.array([[0, 1], [1, 1]]), "self loop"),
+    (3, np.array([[0, 1], [1, 1]]), "self-loop"),
     (3, np.array([[0, 3]]), "out of range"),
-    (3, np.array([[-1, 2]]), "out of range"),
-    (3, np.array([[0, 1], [1, 0]]), "duplicate edge"),
+    (3, np.array([[-1, 2]]), "negative node id"),
+    (3, np.array([[0, 1], [1, 0]]), "both directions"),
+    (3, np.array([[0, 1], [0, 1]]), "duplicate edge"),
     (3, np.array([[0.0, 1.0]]), "integer"),
     (3, np.array([0, 1, 2]), "shape"),
-    (-2, np.zeros((0, 2), int), "non-negative"),
+    (-2, np.zeros((0, 2), int), "negative node count"),
     (2.5, np.zeros((0, 2), int), "integer"),
 ])
 def test_bad_graphs(n, edges, match):
