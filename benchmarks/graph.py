@@ -18,8 +18,8 @@ A row averages its training seeds x sampling seeds, and gives the range of V.U.N
 the spread of the training-seed means. The ratio is the published one: the mean over degree,
 clustering, orbit, spectral and wavelet of MMD(test, generated) / MMD(test, train) (``ratio4``
 without the wavelet, as this page reported before). NFE counts every network pass (backbone per
-level, edge head per round with an edge to choose and per redraw); backbone-equivalent calls are FLOPs per graph over
-the FLOPs of one backbone pass on a graph of the final size. On SBM, V.U.N. is also given under
+level, edge head per round with an edge to choose and per redraw); backbone-equivalent calls
+are FLOPs per graph over the FLOPs of one backbone pass on a graph of the final size. On SBM, V.U.N. is also given under
 the published validity test (graph-tool's block fit, where a Python with graph-tool is found; on
 the test pieces only, as the fit takes seconds per graph).
 
@@ -244,7 +244,8 @@ def write_page(results: list[dict], args, path: Path) -> None:
              "clustering on trees, are left out). The temperature was chosen on the validation split "
              "(below); test was scored once at it.", "",
              "NFE: backbone passes per graph (one per level), and in brackets every network pass "
-             "(the edge head once per edge round with an edge to choose, and per redraw). Backbone-equivalent calls: FLOPs "
+             "(the edge head once per edge round with an edge to choose, and per redraw). "
+             "Backbone-equivalent calls: FLOPs "
              "per graph / FLOPs of one backbone pass on a graph of the final size, the unit in which "
              "a full-graph denoiser (DiGress, DeFoG: 50-1000 calls) pays. V.U.N. (published test): SBM "
              "validity with graph-tool's block fit, as SPECTRE, DiGress and DeFoG score it "

@@ -226,8 +226,7 @@ class GraphScaleModel(nn.Module):
 
     @staticmethod
     def _single_patterns(node_flat, pairs) -> torch.Tensor:
-        if not len(pairs):
-            return torch.zeros(0, dtype=torch.long)
+        """``single_pattern`` of every coarse edge [m], given the level's node tokens."""
         two = (node_flat > 0).long()
         return single_pattern(two[pairs[:, 0]], two[pairs[:, 1]])
 
