@@ -169,6 +169,21 @@ def main():
             vals = [m.get(f"{prefix}spread_skill/{ch}/{lead}") for lead in leads]
             if any(v is not None for v in vals):
                 lines.append(f"| {ch} | {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+    if any(k.startswith("mean_slope/") for k in m):
+        lines += ["", "## The ensemble mean against the exact mean", "",
+                  "How the model's ensemble mean `m` departs from the exact conditional mean `μ` "
+                  "(`oracle.mean_against_exact`; `x0` the state at the initial time). Slope: the "
+                  "regression of `m - x0` on `μ - x0` (1: the mean moves as far as the truth's "
+                  "expectation; below 1: too close to persistence). Distance: RMSE of `m` against "
+                  "`μ`; noise: what a correct mean of this many raw members would still show (their "
+                  "spread / sqrt(members)); persistence: how far `μ` moves from `x0`.", "",
+                  "| channel | lead | slope | distance | noise | persistence |", "|---|---|---|---|---|---|"]
+        for ch in headline:
+            for lead in leads:
+                vals = [m.get(f"mean_slope/{ch}/{lead}"), m.get(f"mean_distance/{ch}/{lead}"),
+                        m.get(f"model_raw/mean_noise/{ch}/{lead}", m.get(f"mean_noise/{ch}/{lead}")),
+                        m.get(f"persistence/mean_distance/{ch}/{lead}")]
+                lines.append(f"| {ch} | {lead} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in vals) + " |")
     if any(k.startswith("spread_factor/") for k in m):
         lines += ["", "## Spread calibration", "",
                   f"Fitted on {int(m.get('forecast/validation_inits', 0))} validation forecasts "

@@ -231,6 +231,43 @@ def gaussian_crps(mean: xr.Dataset, std: xr.Dataset, truth: xr.Dataset, weights=
     return _spatial_mean(ds, _weights(mean, weights)).mean("time")
 
 
+def mean_against_exact(forecast: xr.Dataset, mean: xr.Dataset, truth: xr.Dataset,
+                       weights=None) -> xr.Dataset:
+    """Where an ensemble's mean departs from the exact conditional mean ``mean`` (``gaussian``).
+
+    Per variable and lead (area-weighted, over the initial times), with ``x0`` the state at the
+    initial time:
+
+    * ``mean_slope``: the regression of the forecast's mean change ``m - x0`` on the exact one
+      ``mean - x0``. 1: the forecast moves as far as the truth's expectation does; below 1 it
+      stays too close to persistence. The sampling noise of ``m`` does not bias it.
+    * ``mean_distance``: the RMSE of ``m`` against ``mean`` (square root after the time mean).
+    * ``mean_noise``: the part of that distance a correct mean would still show: the ensemble's
+      own spread over the square root of its size.
+    """
+    from domains.weather.scores import _spatial_mean, _weights
+
+    init = truth.sel(time=forecast["time"].values)
+    w = _weights(mean, weights)
+    out = {}
+    for v in mean.data_vars:
+        members = forecast[v]
+        m, exact = members.mean("number"), mean[v].isel(number=0, drop=True)
+        x0 = init[v].drop_vars("time").assign_coords(time=forecast["time"].values)
+        if "level" in m.dims:
+            x0 = x0.sel(level=m["level"].values)
+        change, exact_change = m - x0, exact - x0
+        slope = (_spatial_mean(change * exact_change, w).sum("time")
+                 / _spatial_mean(exact_change ** 2, w).sum("time"))
+        distance = np.sqrt(_spatial_mean((m - exact) ** 2, w).mean("time"))
+        size = members.sizes["number"]
+        spread2 = members.var("number", ddof=1) if size > 1 else xr.zeros_like(m)
+        noise = np.sqrt(_spatial_mean(spread2 / size, w).mean("time"))
+        out[v] = xr.concat([slope, distance, noise], dim="metric").assign_coords(
+            metric=["mean_slope", "mean_distance", "mean_noise"])
+    return xr.Dataset(out)
+
+
 
 class PerfectModel:
     """The limit on the nonlinear (QG) store: its own model run on from the store's state.

@@ -131,7 +131,8 @@ def evaluate(cfg, run_dir: Path) -> dict:
         "climatology_ensemble": S.climatology_forecast(train_truth, init, leads,
                                                        members=int(fc.sizes["number"])),
     }
-    from domains.weather.oracle import LinearStoreOracle, PerfectModel, gaussian_crps, store_settings
+    from domains.weather.oracle import (LinearStoreOracle, PerfectModel, gaussian_crps,
+                                        mean_against_exact, store_settings)
 
     exact = None
     settings = store_settings(F.store_path(cfg))
@@ -153,6 +154,13 @@ def evaluate(cfg, run_dir: Path) -> dict:
     if exact is not None:
         table = exact.expand_dims(metric=["crps"])
         metrics.update({f"oracle_exact/{k}": v for k, v in S.flatten_scores(table).items()})
+        # where the model's ensemble mean departs from the exact conditional mean (persistence:
+        # how far that mean moves from the initial state)
+        exact_mean = _on_levels(mean, fc)
+        for name in ("model", "model_raw", "persistence"):
+            if name in models:
+                flat = S.flatten_scores(mean_against_exact(models[name], exact_mean, truth))
+                metrics.update(flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()})
     for name, table in scores.items():
         flat = S.flatten_scores(table)
         metrics.update(flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from domains.weather import synthetic as S
-from domains.weather.oracle import LinearStoreOracle, gaussian_crps, store_settings
+from domains.weather.oracle import LinearStoreOracle, gaussian_crps, mean_against_exact, store_settings
 from domains.weather.scores import crps_fair, persistence_forecast
 
 H = np.timedelta64(1, "h")
@@ -76,6 +76,34 @@ def test_closed_form_crps_is_the_large_ensemble_limit_and_beats_persistence(orac
     assert float(rel.to_array().max()) < 0.04
     persist = crps_fair(persistence_forecast(y, init, leads), y)
     assert bool((exact < 0.8 * persist).to_array().all())
+
+
+def test_mean_against_exact_tells_a_forecast_that_moves_too_little(oracle, truth):
+    """The exact mean itself has slope 1 and no distance; persistence slope 0; an ensemble moved
+    half-way from persistence to the exact mean slope 0.5, whatever its members' noise, which
+    ``mean_noise`` measures."""
+    init = oracle.gen.times[100:500:40]
+    leads = np.array([24, 72]) * H
+    need = np.unique(np.concatenate([init, (init[:, None] + leads[None]).ravel()])).astype("datetime64[ns]")
+    y = truth[["geopotential", "temperature"]].sel(time=need).load()
+    mean, _ = oracle.gaussian(init, leads, variables=["geopotential", "temperature"])
+    ens = oracle.ensemble(init, leads, members=8, seed=0, variables=["geopotential", "temperature"])
+    persist = persistence_forecast(y, init, leads)
+
+    exact = mean_against_exact(mean, mean, y)
+    assert np.allclose(exact.sel(metric="mean_slope").to_array(), 1)
+    assert np.allclose(exact.sel(metric=["mean_distance", "mean_noise"]).to_array(), 0)
+    still = mean_against_exact(persist, mean, y)
+    assert np.allclose(still.sel(metric="mean_slope").to_array(), 0, atol=1e-6)
+    half_mean = 0.5 * (persist.isel(number=0) + mean.isel(number=0))
+    half = ens - ens.mean("number") + half_mean       # the oracle's members around a shrunk mean
+    halved = mean_against_exact(half, mean, y)
+    assert np.allclose(halved.sel(metric="mean_slope").to_array(), 0.5, atol=1e-4)
+    drawn = mean_against_exact(ens, mean, y)          # the oracle's own 8 members
+    slope = drawn.sel(metric="mean_slope").to_array()
+    assert float(abs(slope - 1).max()) < 0.25
+    ratio = drawn.sel(metric="mean_distance") / drawn.sel(metric="mean_noise")
+    assert 0.7 < float(ratio.to_array().mean()) < 1.3  # its distance is its sampling noise
 
 
 def test_only_synthetic_stores_have_an_oracle(oracle, tmp_path):

@@ -126,6 +126,10 @@ def test_evaluate_scores_against_baselines(trained, tmp_path):
         exact = m[f"oracle_exact/crps/z500/{lead}"]
         assert exact < m[f"persistence/crps/z500/{lead}"] and exact < m[f"crps/z500/{lead}"]
         assert abs(m[f"oracle/crps/z500/{lead}"] / exact - 1) < 0.25   # 3 members: near the limit
+        # the mean against the exact mean: persistence does not move; a 4-step model is off by
+        # more than its sampling noise
+        assert abs(m[f"persistence/mean_slope/z500/{lead}"]) < 1e-6
+        assert m[f"mean_distance/z500/{lead}"] > m[f"mean_noise/z500/{lead}"] > 0
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["crps/z500/24h"] == m["crps/z500/24h"]
     for name in ("scorecard_crps.png", "scorecard_rmse.png", "rank_histograms.png",
