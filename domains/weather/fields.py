@@ -8,6 +8,7 @@ the state at t, the last increment from t - Δt and the forcings at t + Δt.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,9 +116,19 @@ class WeatherData:
         """Normalised increment (x(t+Δt) - x(t)) / σ_Δ from normalised states."""
         return (nxt - state) * self.ratio.to(state.device)
 
-    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(self.starts[np.asarray(indices)])
+    def batch(self, indices, state_noise: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target increment, condition) of the examples ``indices``. ``state_noise`` > 0 adds
+        Gaussian noise of that standard deviation (normalised units) to the state at t, and the
+        target becomes the increment from the noisy state to the true next one: a rollout's
+        state is never exact, and this teaches the model to pull it back. The noise is a fixed
+        function of the batch's indices, so a resumed run draws the same."""
+        indices = np.asarray(indices)
+        t = torch.as_tensor(self.starts[indices])
         state, prev, nxt = self.fields[t], self.fields[t - self.stride], self.fields[t + self.stride]
+        if state_noise > 0:
+            digest = hashlib.blake2b(indices.astype(np.int64).tobytes(), digest_size=8).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2 ** 63 - 1))
+            state = state + state_noise * torch.randn(state.shape, generator=gen, dtype=state.dtype)
         valid = self.times[(t + self.stride).numpy() % len(self.times)]
         return self.increment(state, nxt), self.condition(state, prev, valid)
 

@@ -56,7 +56,8 @@ def build_model(cfg, data):
 
 @hookimpl
 def c2f_collate(cfg, data, indices):
-    return data.batch(indices.numpy() if isinstance(indices, torch.Tensor) else indices)
+    indices = indices.numpy() if isinstance(indices, torch.Tensor) else indices
+    return data.batch(indices, state_noise=float(cfg.domain.get("state_noise", 0.0)))
 
 
 def _checkpoint(cfg, run_dir: Path) -> Path:

@@ -65,6 +65,28 @@ def test_quantiser_units_follow_each_scale(trained):
     assert err.mean() < 0.1 * target.abs().mean() + 0.05
 
 
+def test_state_noise_moves_the_state_and_aims_the_target_at_the_true_next_state(trained):
+    """``domain.state_noise``: the condition's state is perturbed, the target is the increment
+    from the perturbed state to the true next one, the draw is the same for the same batch, and
+    0 gives the clean batch."""
+    data = F.load_split(compose_config(TINY), "train")
+    idx = [0, 3, 5]
+    clean_target, clean_cond = data.batch(idx)
+    target, cond = data.batch(idx, state_noise=0.1)
+    again, cond_again = data.batch(idx, state_noise=0.1)
+    other, _ = data.batch([0, 3, 6], state_noise=0.1)
+    assert torch.equal(target, again) and torch.equal(cond, cond_again)
+    assert not torch.equal(target[:2], other[:2])            # another batch, another draw
+    channels = clean_target.shape[1]
+    noise = cond[:, :channels] - clean_cond[:, :channels]   # the state channels
+    assert 0.08 < float(noise.std()) < 0.12
+    # state + increment (back in state units) is still the true next state
+    ratio = data.ratio
+    assert torch.allclose(cond[:, :channels] + target / ratio, clean_cond[:, :channels] + clean_target / ratio,
+                          atol=1e-5)
+    assert torch.equal(data.batch(idx, state_noise=0.0)[0], clean_target)
+
+
 def test_forcings_follow_the_sun():
     lat = np.array([0.0, 0.0, 80.0, -80.0])
     lon = np.array([0.0, 180.0, 0.0, 0.0])
