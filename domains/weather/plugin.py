@@ -160,11 +160,9 @@ def evaluate(cfg, run_dir: Path) -> dict:
         exact_mean = _on_levels(mean, fc)
         for name in ("model", "model_raw", "persistence"):
             if name in models:
-                flat = S.flatten_scores(mean_against_exact(models[name], exact_mean, truth))
-                metrics.update(flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()})
+                metrics.update(_named(name, S.flatten_scores(mean_against_exact(models[name], exact_mean, truth))))
     for name, table in scores.items():
-        flat = S.flatten_scores(table)
-        metrics.update(flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()})
+        metrics.update(_named(name, S.flatten_scores(table)))
         S.save_scores(table, run_dir / "scores" / name)
     S.scorecard_png(scores, run_dir / "scorecard_crps.png", metric="crps")
     S.scorecard_png(scores, run_dir / "scorecard_rmse.png", metric="rmse")
@@ -185,6 +183,11 @@ def evaluate(cfg, run_dir: Path) -> dict:
                   f"{e.map_channel}, init {pd.Timestamp(init[0]):%Y-%m-%d %H}UTC, "
                   f"lead {lead / np.timedelta64(1, 'h'):g} h", run_dir / "forecast_maps.png")
     return metrics
+
+
+def _named(name: str, flat: dict) -> dict:
+    """Metric keys of forecast ``name``: the model's bare, every other one under its name."""
+    return flat if name == "model" else {f"{name}/{k}": v for k, v in flat.items()}
 
 
 def _on_levels(ds: xr.Dataset, like: xr.Dataset) -> xr.Dataset:
