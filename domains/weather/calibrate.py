@@ -62,6 +62,20 @@ def fit_spread_factors(forecast: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
     return factor.where(np.isfinite(factor) & (factor > 1e-3) & (factor < 1e3), 1.0)
 
 
+def cross_fitted(forecast: xr.Dataset, truth: xr.Dataset) -> xr.Dataset:
+    """``forecast`` calibrated out of sample: its initial times are split into two alternating
+    halves and each half gets the factors fitted on the other, so that no forecast is scaled by
+    factors fitted to itself. This is how a validation score of a calibrated model is fair:
+    the factors are in-sample on the whole period, and would make spread/skill exactly 1."""
+    n = forecast.sizes["time"]
+    if n < 2:
+        raise ValueError(f"cross-fitting needs at least 2 initial times, the forecast has {n}; "
+                         "raise domain.forecast.val_max_inits")
+    halves = [forecast.isel(time=slice(i, None, 2)) for i in (0, 1)]
+    parts = [apply_spread_factors(halves[i], fit_spread_factors(halves[1 - i], truth)) for i in (0, 1)]
+    return xr.concat(parts, dim="time").sortby("time")
+
+
 def apply_spread_factors(forecast: xr.Dataset, factors: xr.Dataset) -> xr.Dataset:
     """Members ``mean + factor * (member - mean)``, the factor of each variable, lead, level."""
     out = forecast.copy()

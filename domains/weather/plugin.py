@@ -89,7 +89,8 @@ def forecast(cfg, run_dir: Path) -> dict:
         if str(c.get("calibrate", "none")) == "spread":
             logging.getLogger("c2f").info("domain.val_period is null: the forecast is not calibrated")
         if distributed.is_main():  # a calibrated run's raw store would be scored as this one's
-            for stale in ("forecast_raw.zarr", "forecast_raw.nc", "spread_factors.json"):
+            for stale in ("forecast_raw.zarr", "forecast_raw.nc", "spread_factors.json",
+                          "validation.zarr"):
                 path = run_dir / stale
                 if path.is_dir():
                     shutil.rmtree(path)
@@ -152,6 +153,8 @@ def evaluate(cfg, run_dir: Path) -> dict:
             progress=bool(cfg.progress)), fc)
     scores = {name: S.score(ds, truth) for name, ds in models.items()}
     metrics: dict = {}
+    if not cfg.domain.forecast.path and (run_dir / "validation.zarr").exists():
+        metrics.update(_validation_scores(cfg, run_dir / "validation.zarr", settings))
     if exact is not None:
         table = exact.expand_dims(metric=["crps"])
         metrics.update({f"oracle_exact/{k}": v for k, v in S.flatten_scores(table).items()})
@@ -183,6 +186,29 @@ def evaluate(cfg, run_dir: Path) -> dict:
                   f"{e.map_channel}, init {pd.Timestamp(init[0]):%Y-%m-%d %H}UTC, "
                   f"lead {lead / np.timedelta64(1, 'h'):g} h", run_dir / "forecast_maps.png")
     return metrics
+
+
+def _validation_scores(cfg, path: Path, settings: dict | None) -> dict:
+    """The validation period's forecasts scored (``val/...`` keys): what settings are chosen on,
+    so that the test period is scored once. The model's spread factors are cross-fitted
+    (``calibrate.cross_fitted``); beside it the raw forecast, persistence and, on the linear
+    store, the oracle ensemble of the same size (the ratio's denominator)."""
+    from domains.weather import scores as S
+    from domains.weather.calibrate import cross_fitted
+    from domains.weather.oracle import LinearStoreOracle
+
+    raw = xr.open_zarr(path, consolidated=True).load()
+    truth = F.one_member(cfg, F.open_period(cfg, "val")).load()
+    init, leads = raw["time"].values, raw["prediction_timedelta"].values
+    models = {"model": cross_fitted(raw, truth), "model_raw": raw,
+              "persistence": S.persistence_forecast(truth, init, leads)}
+    if settings is not None and settings.get("model", "linear") == "linear":
+        models["oracle"] = _on_levels(LinearStoreOracle(settings).ensemble(
+            init, leads, int(raw.sizes["number"]), seed=int(cfg.seed), variables=list(raw.data_vars)), raw)
+    out = {}
+    for name, ds in models.items():
+        out.update({f"val/{k}": v for k, v in _named(name, S.flatten_scores(S.score(ds, truth))).items()})
+    return out
 
 
 def _named(name: str, flat: dict) -> dict:

@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 
 from core.run import compose_config, run
-from domains.weather.calibrate import (apply_spread_factors, fit_spread_factors,
+from domains.weather.calibrate import (apply_spread_factors, cross_fitted, fit_spread_factors,
                                        load_spread_factors, save_spread_factors)
 from domains.weather.scores import rmse_ensemble_mean, spread_skill
 
@@ -57,6 +57,31 @@ def test_factors_make_the_fitted_forecast_calibrated_and_keep_its_mean(tmp_path)
     assert float(abs(ratio - 1).max()) < 0.25
 
 
+def test_cross_fitting_scales_each_half_by_the_factors_of_the_other():
+    """A validation score of a calibrated model must not use factors fitted to itself: here the
+    even initial times are twice as narrow as the odd ones, so each half keeps its own error."""
+    fc, truth = _ensemble(spread=1.0)
+    x = fc["geopotential"]
+    mean = x.mean("number")
+    narrow = (fc["time"].values[::2])
+    fc["geopotential"] = xr.where(x["time"].isin(narrow), mean + 0.5 * (x - mean), x).transpose(*x.dims)
+    out = cross_fitted(fc, truth)
+    assert list(out["time"].values) == list(fc["time"].values)
+    np.testing.assert_allclose(out["geopotential"].mean("number"), mean, rtol=1e-6, atol=1e-9)
+    even = fit_spread_factors(fc.isel(time=slice(0, None, 2)), truth)["geopotential"]
+    odd = fit_spread_factors(fc.isel(time=slice(1, None, 2)), truth)["geopotential"]
+    assert float(even.mean()) > 1.5 * float(odd.mean())
+    # the narrow half is widened by the wide half's factors (about 1), and the reverse
+    np.testing.assert_allclose(out.isel(time=slice(0, None, 2))["geopotential"].values,
+                               apply_spread_factors(fc.isel(time=slice(0, None, 2)), odd.to_dataset())["geopotential"].values)
+    np.testing.assert_allclose(out.isel(time=slice(1, None, 2))["geopotential"].values,
+                               apply_spread_factors(fc.isel(time=slice(1, None, 2)), even.to_dataset())["geopotential"].values)
+    ratio = spread_skill(out.isel(time=slice(0, None, 2)), truth)["geopotential"]
+    assert float(ratio.max()) < 0.8                      # still too narrow: not fitted to itself
+    with pytest.raises(ValueError, match="at least 2 initial times"):
+        cross_fitted(fc.isel(time=[0]), truth)
+
+
 TINY = ["domain=weather", "progress=false", "domain.synthetic.years=0.2",
         "domain.train_period=[2015-01-01,2015-01-31]", "domain.val_period=[2015-02-01,2015-02-14]",
         "domain.test_period=[2015-02-15,2015-03-10]",
@@ -82,6 +107,11 @@ def test_calibrated_run_fits_on_validation_and_scores_both(tmp_path):
     np.testing.assert_allclose(z_fix.std("number"), factor * z_raw.std("number"), rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose(z_fix.mean("number"), z_raw.mean("number"), rtol=1e-5, atol=1e-2)
     assert "model_raw/crps/z500/24h" in m and "crps/z500/24h" in m
+    # the validation forecasts are scored too (what a sweep chooses on), beside the oracle's
+    for key in ("val/crps/z500/24h", "val/model_raw/crps/z500/24h", "val/oracle/crps/z500/48h",
+                "val/persistence/crps/t850/24h", "val/spread_skill/z500/48h"):
+        assert np.isfinite(m[key]), key
+    assert m["val/model_raw/crps/z500/24h"] != m["val/crps/z500/24h"]
     # the validation inits lie in the validation period, none in the test period
     val = xr.open_zarr(tmp_path / "validation.zarr", consolidated=True)
     assert (val["time"].values < np.datetime64("2015-02-15")).all()
@@ -90,7 +120,7 @@ def test_calibrated_run_fits_on_validation_and_scores_both(tmp_path):
     assert not (tmp_path / "forecast_raw.zarr").exists()
     assert not (tmp_path / "spread_factors.json").exists()
     m = run(compose_config(TINY + ["domain.val_period=null", "task=evaluate"]), tmp_path)
-    assert "crps/z500/24h" in m and not any(k.startswith("model_raw/") for k in m)
+    assert "crps/z500/24h" in m and not any(k.startswith(("model_raw/", "val/")) for k in m)
 
 
 @pytest.mark.parametrize("period", ["[2015-01-20,2015-02-10]", "[2015-01-31T12,2015-02-10]"])
