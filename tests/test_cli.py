@@ -3,11 +3,9 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 from core.plugins import UnknownDomainError, register_domain, unregister_domain
 from core.run import ConfigError, InputError, compose_config, main, run

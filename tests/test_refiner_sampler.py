@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core.refiner import ScaleTransformer, attention_mask
+from core.refiner import attention_mask
 from core.sampler import (Guidance, NoiseShift, TokenScheduler, filter_logits, generate,
                           member_seeds)
 from sampler_cases import SIZES, grid_model

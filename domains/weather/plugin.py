@@ -72,12 +72,17 @@ def _analyses(cfg, split: str) -> dict:
             "latitude": ds["latitude"].values, "longitude": ds["longitude"].values}
 
 
+def _train_truth(cfg) -> xr.Dataset:
+    """The training period's truth (the climatology's source), loaded."""
+    return F.one_member(cfg, F.open_period(cfg, "train")).load()
+
+
 def forecast(cfg, run_dir: Path) -> dict:
     """The test period's forecast (``forecast.zarr``). With ``domain.val_period`` set and
-    ``domain.forecast.calibrate=spread``, the validation period is forecast first, the spread
-    factors are fitted there (``calibrate.py``) and applied to the test forecast; the raw one is
-    kept as ``forecast_raw.zarr``."""
-    from domains.weather.calibrate import calibrate_forecast, calibrating
+    ``domain.forecast.calibrate=spread`` (or ``mean_spread``), the validation period is forecast
+    first, the calibration is fitted there (``calibrate.py``) and applied to the test forecast;
+    the raw one is kept as ``forecast_raw.zarr``."""
+    from domains.weather.calibrate import calibrate_forecast, calibrating, calibration_mode
     from domains.weather.forecast import run_forecast
 
     train = F.load_split(cfg, "train")
@@ -86,7 +91,7 @@ def forecast(cfg, run_dir: Path) -> dict:
     progress = bool(cfg.progress)
     c = cfg.domain.forecast
     if not calibrating(cfg):
-        if str(c.get("calibrate", "none")) == "spread":
+        if calibration_mode(cfg) != "none":
             logging.getLogger("c2f").info("domain.val_period is null: the forecast is not calibrated")
         if distributed.is_main():  # a calibrated run's raw store would be scored as this one's
             for stale in ("forecast_raw.zarr", "forecast_raw.nc", "spread_factors.json",
@@ -103,7 +108,9 @@ def forecast(cfg, run_dir: Path) -> dict:
     out = run_forecast(cfg, model, train, _analyses(cfg, "test"), run_dir, progress, name="forecast_raw")
     if distributed.is_main():
         val_truth = F.one_member(cfg, F.open_period(cfg, "val")).load()
-        out.update(calibrate_forecast(run_dir, val_truth, str(c.format) in ("netcdf", "both")))
+        test_truth = F.one_member(cfg, F.open_period(cfg, "test")).load()
+        out.update(calibrate_forecast(run_dir, val_truth, test_truth, str(c.format) in ("netcdf", "both"),
+                                      mode=calibration_mode(cfg), train_truth=_train_truth(cfg)))
     distributed.barrier()
     out["forecast/validation_inits"] = val["forecast/inits"]
     return out
@@ -120,7 +127,7 @@ def evaluate(cfg, run_dir: Path) -> dict:
     fc = xr.open_zarr(path, consolidated=True) if path.suffix != ".nc" else xr.open_dataset(path)
     fc = fc.load()
     truth = F.one_member(cfg, F.open_period(cfg, "test")).load()
-    train_truth = F.one_member(cfg, F.open_period(cfg, "train")).load()
+    train_truth = _train_truth(cfg)
     init, leads = fc["time"].values, fc["prediction_timedelta"].values
     raw_path = path.with_name("forecast_raw.zarr")
     models = {
@@ -190,17 +197,19 @@ def evaluate(cfg, run_dir: Path) -> dict:
 
 def _validation_scores(cfg, path: Path, settings: dict | None) -> dict:
     """The validation period's forecasts scored (``val/...`` keys): what settings are chosen on,
-    so that the test period is scored once. The model's spread factors are cross-fitted
-    (``calibrate.cross_fitted``); beside it the raw forecast, persistence and, on the linear
+    so that the test period is scored once. The model's calibration is cross-fitted
+    (``calibrate.cross_fitted``, the run's ``domain.forecast.calibrate``); beside it the raw forecast, persistence and, on the linear
     store, the oracle ensemble of the same size (the ratio's denominator)."""
     from domains.weather import scores as S
-    from domains.weather.calibrate import cross_fitted
+    from domains.weather.calibrate import calibration_mode, cross_fitted
     from domains.weather.oracle import LinearStoreOracle
 
     raw = xr.open_zarr(path, consolidated=True).load()
     truth = F.one_member(cfg, F.open_period(cfg, "val")).load()
     init, leads = raw["time"].values, raw["prediction_timedelta"].values
-    models = {"model": cross_fitted(raw, truth), "model_raw": raw,
+    mode = calibration_mode(cfg)
+    models = {"model": cross_fitted(raw, truth, mode, _train_truth(cfg)) if mode != "none" else raw,
+              "model_raw": raw,
               "persistence": S.persistence_forecast(truth, init, leads)}
     if settings is not None and settings.get("model", "linear") == "linear":
         models["oracle"] = _on_levels(LinearStoreOracle(settings).ensemble(

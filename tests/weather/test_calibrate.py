@@ -6,9 +6,10 @@ import pytest
 import xarray as xr
 
 from core.run import compose_config, run
-from domains.weather.calibrate import (apply_spread_factors, cross_fitted, fit_spread_factors,
+from domains.weather.calibrate import (apply_calibration, apply_spread_factors, cross_fitted,
+                                       fit_calibration, fit_spread_factors, load_mean_weights,
                                        load_spread_factors, save_spread_factors)
-from domains.weather.scores import rmse_ensemble_mean, spread_skill
+from domains.weather.scores import crps_fair, rmse_ensemble_mean, spread_skill
 
 
 def _ensemble(spread: float, seed: int = 0):
@@ -82,6 +83,76 @@ def test_cross_fitting_scales_each_half_by_the_factors_of_the_other():
         cross_fitted(fc.isel(time=[0]), truth)
 
 
+def _drifting(seed: int = 0, a: float = 0.5, b: float = 0.3):
+    """Forecasts whose mean change from the initial state is too large and ignores the pull
+    towards climatology: the truth's change is ``a (m - x0) + b (c - x0)`` plus noise, with
+    ``c`` the (constant) climatology of a year of training states."""
+    rng = np.random.default_rng(seed)
+    n_init, n_lead, members, lat, lon = 8, 3, 6, 6, 12
+    grid = {"latitude": np.linspace(-75, 75, lat), "longitude": np.arange(lon) * 30.0}
+    clim = rng.standard_normal((lat, lon))
+    train_times = np.arange("2001-01-01", "2002-01-01", dtype="datetime64[D]").astype("datetime64[ns]")
+    train = xr.Dataset({"temperature": (("time", "latitude", "longitude"),
+                                        np.broadcast_to(clim, (len(train_times), lat, lon)).copy())},
+                       {"time": train_times, **grid})
+    # initial times ten days apart, leads of one to three days: no valid time is another's init
+    init = (np.datetime64("2002-03-01") + np.arange(n_init) * np.timedelta64(10, "D")).astype("datetime64[ns]")
+    leads = (np.arange(1, n_lead + 1) * 24).astype("timedelta64[h]").astype("timedelta64[ns]")
+    x0 = clim + 2 * rng.standard_normal((n_init, lat, lon))
+    change = 1.5 * rng.standard_normal((n_init, n_lead, lat, lon))
+    mean = x0[:, None] + change
+    y = x0[:, None] + a * change + b * (clim - x0[:, None]) + 0.3 * rng.standard_normal(mean.shape)
+    members_ = mean[:, :, None] + 0.3 * rng.standard_normal((n_init, n_lead, members, lat, lon))
+    fc = xr.Dataset({"temperature": (("time", "prediction_timedelta", "number", "latitude", "longitude"), members_)},
+                    {"time": init, "prediction_timedelta": leads, "number": np.arange(members), **grid})
+    times = np.concatenate([init, (init[:, None] + leads[None]).ravel()])
+    values = np.concatenate([x0, y.reshape((-1, lat, lon))])
+    order = np.argsort(times)
+    truth = xr.Dataset({"temperature": (("time", "latitude", "longitude"), values[order])},
+                       {"time": times[order], **grid})
+    return fc, truth, train
+
+
+def test_mean_correction_recovers_the_weights_and_lowers_crps(tmp_path):
+    fc, truth, train = _drifting()
+    weights, factors = fit_calibration(fc, truth, "mean_spread", train)
+    t = weights["temperature"]
+    np.testing.assert_allclose(t.sel(predictor="forecast"), 0.5, atol=0.05)
+    np.testing.assert_allclose(t.sel(predictor="climatology"), 0.3, atol=0.05)
+    fixed = apply_calibration(fc, truth, weights, factors, train)
+    # the deviations from the mean are only scaled, the mean moves, and it scores better
+    # than the spread-only calibration of the same forecasts
+    spread_only = apply_spread_factors(fc, fit_spread_factors(fc, truth))
+    assert float(rmse_ensemble_mean(fixed, truth)["temperature"].max()) < \
+        0.6 * float(rmse_ensemble_mean(spread_only, truth)["temperature"].min())
+    assert float(crps_fair(fixed, truth)["temperature"].max()) < \
+        0.6 * float(crps_fair(spread_only, truth)["temperature"].min())
+    np.testing.assert_allclose(spread_skill(fixed, truth)["temperature"].values, 1.0, rtol=1e-6)
+    # out of sample: weights fitted on one set fix another from the same model
+    other, other_truth, _ = _drifting(seed=1)
+    out = apply_calibration(other, other_truth, weights, factors, train)
+    assert float(crps_fair(out, other_truth)["temperature"].max()) < \
+        0.7 * float(crps_fair(other, other_truth)["temperature"].min())
+    crossed = cross_fitted(fc, truth, "mean_spread", train)
+    assert float(crps_fair(crossed, truth)["temperature"].max()) < \
+        0.7 * float(crps_fair(fc, truth)["temperature"].min())
+    # saved beside the factors and read back
+    again = load_mean_weights(save_spread_factors(factors, tmp_path / "f.json", weights))
+    np.testing.assert_allclose(again["temperature"].transpose(*t.dims).values, t.values)
+    assert load_mean_weights(save_spread_factors(factors, tmp_path / "g.json")) is None
+    # a forecast that is its own persistence has no change to weigh: it stays as it is
+    still = fc.copy()
+    still["temperature"] = xr.zeros_like(fc["temperature"]) + truth["temperature"].sel(time=fc["time"])
+    w, _ = fit_calibration(still, truth, "mean_spread", train)
+    assert float(w["temperature"].sel(predictor="forecast").min()) == 1.0
+    assert float(abs(w["temperature"].sel(predictor="climatology")).max()) == 0.0
+    with pytest.raises(ValueError, match="needs the training period"):
+        fit_calibration(fc, truth, "mean_spread")
+    with pytest.raises(ValueError, match="lacks 8 initial times"):
+        fit_calibration(fc, truth.sel(time=truth["time"].values[~np.isin(truth["time"].values, fc["time"].values)]),
+                        "mean_spread", train)
+
+
 TINY = ["domain=weather", "progress=false", "domain.synthetic.years=0.2",
         "domain.train_period=[2015-01-01,2015-01-31]", "domain.val_period=[2015-02-01,2015-02-14]",
         "domain.test_period=[2015-02-15,2015-03-10]",
@@ -94,7 +165,7 @@ TINY = ["domain=weather", "progress=false", "domain.synthetic.years=0.2",
 
 
 def test_calibrated_run_fits_on_validation_and_scores_both(tmp_path):
-    m = run(compose_config(TINY + ["task=all"]), tmp_path)
+    m = run(compose_config(TINY + ["domain.forecast.calibrate=spread", "task=all"]), tmp_path)
     assert m["forecast/validation_inits"] == 3
     saved = json.loads((tmp_path / "spread_factors.json").read_text())
     assert saved["lead_hours"] == [24.0, 48.0]
@@ -115,6 +186,20 @@ def test_calibrated_run_fits_on_validation_and_scores_both(tmp_path):
     # the validation inits lie in the validation period, none in the test period
     val = xr.open_zarr(tmp_path / "validation.zarr", consolidated=True)
     assert (val["time"].values < np.datetime64("2015-02-15")).all()
+    # with the mean correction: the weights are saved and reported, the mean moves, and the
+    # validation score is cross-fitted the same way
+    mean_spread = TINY + ["domain.forecast.calibrate=mean_spread"]
+    m = run(compose_config(mean_spread + ["task=forecast"]), tmp_path)
+    m.update(run(compose_config(mean_spread + ["task=evaluate"]), tmp_path))
+    saved = json.loads((tmp_path / "spread_factors.json").read_text())
+    weight = saved["mean_weights"]["climatology"]["geopotential"]["500"][0]
+    assert m["mean_weight_climatology/z500/24h"] == pytest.approx(weight)
+    assert m["mean_weight_forecast/t850/48h"] == pytest.approx(
+        saved["mean_weights"]["forecast"]["temperature"]["850"][1])
+    fixed = xr.open_zarr(tmp_path / "forecast.zarr", consolidated=True).load()
+    z_fix = fixed["geopotential"].sel(level=500).isel(prediction_timedelta=0)
+    assert float(abs(z_fix.mean("number") - z_raw.mean("number")).max()) > 1.0
+    assert np.isfinite(m["val/crps/z500/24h"]) and m["val/crps/z500/24h"] != m["val/model_raw/crps/z500/24h"]
     # the same run forecast again without calibration: no raw store of the earlier one is scored
     m = run(compose_config(TINY + ["domain.val_period=null", "task=forecast"]), tmp_path)
     assert not (tmp_path / "forecast_raw.zarr").exists()
