@@ -185,16 +185,25 @@ def main():
                         m.get(f"persistence/mean_distance/{ch}/{lead}")]
                 lines.append(f"| {ch} | {lead} | " + " | ".join("-" if v is None else f"{v:.4g}" for v in vals) + " |")
     if any(k.startswith("spread_factor/") for k in m):
-        lines += ["", "## Spread calibration", "",
-                  f"Fitted on {int(m.get('forecast/validation_inits', 0))} validation forecasts "
+        mean_fit = any(k.startswith("mean_weight_forecast/") for k in m)
+        mean_text = ("the ensemble mean is first moved to x0 + a (m - x0) + b (c - x0), with x0 the "
+                     "initial state, m the raw ensemble mean and c the training climatology, a and b "
+                     "fitted by least squares per channel and lead; then " if mean_fit else "")
+        lines += ["", "## Calibration", "",
+                  f"`domain.forecast.calibrate={cfg.domain.forecast.calibrate}`, fitted on "
+                  f"{int(m.get('forecast/validation_inits', 0))} validation forecasts "
                   f"({cfg.domain.val_period[0]} to {cfg.domain.val_period[1]}, apart from training "
-                  "and test): each member's deviation from the ensemble mean is multiplied by the "
-                  "factor of its channel and lead (`domains/weather/calibrate.py`); `model, raw` is "
-                  "the forecast before it.", "",
-                  "| channel | " + " | ".join(leads) + " |", "|---|" + "---|" * len(leads)]
+                  f"and test): {mean_text}each member's deviation from the ensemble mean is "
+                  "multiplied by the spread factor of its channel and lead "
+                  "(`domains/weather/calibrate.py`); `model, raw` is the forecast before it.", "",
+                  "| channel | weight | " + " | ".join(leads) + " |", "|---|---|" + "---|" * len(leads)]
+        rows = (("spread factor", "spread_factor"),)
+        if mean_fit:
+            rows += (("a (forecast change)", "mean_weight_forecast"), ("b (towards climatology)", "mean_weight_climatology"))
         for ch in headline:
-            vals = [m.get(f"spread_factor/{ch}/{lead}") for lead in leads]
-            lines.append(f"| {ch} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+            for label, key in rows:
+                vals = [m.get(f"{key}/{ch}/{lead}") for lead in leads]
+                lines.append(f"| {ch} | {label} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
     lines += ["", "## Speed", "",
               f"- forecast: {m.get('forecast/member_steps_per_second', float('nan')):.2f} member-steps "
               f"per second ({m.get('forecast/nfe_per_member_step', float('nan')):.0f} refiner calls each)",

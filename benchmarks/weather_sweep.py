@@ -6,8 +6,8 @@
 Each value of ``--setting`` trains the main weather run (``+experiment=weather_main``, seed 0)
 and forecasts the validation period (``domain.val_period``) as well as the test year. The value is
 chosen on validation alone: the worst CRPS ratio to the limit (the linear store's oracle ensemble
-of the same size) over ``--channels`` and every lead, with the model's spread factors cross-fitted
-(``calibrate.cross_fitted``) so that no validation forecast is scaled by factors fitted to itself.
+of the same size) over ``--channels`` and every lead, with the model's calibration cross-fitted
+(``calibrate.cross_fitted``) so that no validation forecast is corrected by a fit to itself.
 The chosen value is then trained with the other ``--seeds``, and the test year's scores are
 reported as the mean and range over seeds, beside the first value (the reference, one seed).
 
@@ -143,8 +143,10 @@ def main(argv=None):
 
     shown = [f"{24 * d}h" for d in (1, 3, 5, 7, 10) if f"{24 * d}h" in leads]
     cmd = "python benchmarks/weather_sweep.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    title = (f"# Weather: {args.setting} chosen on validation, scored on test" if len(args.values) > 1
+             else f"# Weather: {args.setting}={chosen} on validation and on test over seeds")
     lines = [
-        f"# Weather: {args.setting} chosen on validation, scored on test",
+        title,
         "",
         f"Command: `{cmd.strip()}` (each run is `python -m core.run +experiment=weather_main "
         f"{args.setting}=<value> seed=<seed>`{' ' + ' '.join(args.override) if args.override else ''}).",
@@ -154,10 +156,11 @@ def main(argv=None):
         f"Chosen on the validation period ({cfg.domain.val_period[0]} to {cfg.domain.val_period[1]}, "
         f"{int(first[args.values[0]][0].get('forecast/validation_inits', 0))} initial times, apart "
         "from training and test) by the worst CRPS ratio to the oracle ensemble over "
-        f"{', '.join(args.channels)} and all {len(leads)} leads. The model's spread factors are "
-        "cross-fitted there (each half of the initial times scaled by the factors of the other), so "
-        "no validation forecast is scaled by factors fitted to itself; the test forecast uses the "
-        "factors of the whole validation period, as every run does.",
+        f"{', '.join(args.channels)} and all {len(leads)} leads. The model's calibration "
+        f"(`domain.forecast.calibrate={cfg.domain.forecast.calibrate}`) is cross-fitted there (each "
+        "half of the initial times corrected by the fit on the other), so no validation forecast is "
+        "corrected by a fit to itself; the test forecast uses the fit on the whole validation "
+        "period, as every run does.",
         "",
         "## Validation (seed 0)",
         "",
@@ -198,12 +201,14 @@ def main(argv=None):
         f"Worst test ratio over {', '.join(args.channels)} and all leads: chosen {_spread(worst)}; "
         f"reference {max(max(reference[ch]) for ch in args.channels):.3f}.",
         "",
-        "| run | whole run min | training min | provenance |",
-        "|---|---|---|---|",
+        "| run | whole run min | training min | training steps | provenance |",
+        "|---|---|---|---|---|",
     ]
     for (m, record), s in zip(seeds, args.seeds):
+        stopped = " (time budget)" if m.get("stopped_by_time") else ""
         lines.append(f"| {args.setting}={chosen}, seed {s} | {m.get('wall_seconds', math.nan) / 60:.1f} | "
-                     f"{m.get('train_seconds', math.nan) / 60:.1f} | {provenance_label(record)} |")
+                     f"{m.get('train_seconds', math.nan) / 60:.1f} | {int(m.get('train_steps', 0))}{stopped} | "
+                     f"{provenance_label(record)} |")
     figures = Path(args.doc).with_suffix("")
     figures.mkdir(parents=True, exist_ok=True)
     figure(args.values, val_scores, test_ratios, reference, leads, args.channels, figures / "sweep.png")
