@@ -90,8 +90,9 @@ def fit_calibration(forecast: xr.Dataset, truth: xr.Dataset, mode: str,
     if mode == "mean_spread":
         if train_truth is None:
             raise ValueError("calibrate=mean_spread needs the training period's truth (its climatology)")
-        weights = fit_mean_weights(forecast, truth, train_truth)
-        forecast = apply_mean_weights(forecast, truth, weights, train_truth)
+        predictors = _predictors(forecast, truth, train_truth)  # the climatology once, for both
+        weights = fit_mean_weights(forecast, truth, train_truth, predictors)
+        forecast = apply_mean_weights(forecast, truth, weights, train_truth, predictors)
     return weights, fit_spread_factors(forecast, truth)
 
 
@@ -123,10 +124,12 @@ def _predictors(forecast: xr.Dataset, truth: xr.Dataset, train_truth: xr.Dataset
     return x0, forecast.mean("number") - x0, clim - x0
 
 
-def fit_mean_weights(forecast: xr.Dataset, truth: xr.Dataset, train_truth: xr.Dataset) -> xr.Dataset:
+def fit_mean_weights(forecast: xr.Dataset, truth: xr.Dataset, train_truth: xr.Dataset,
+                     predictors=None) -> xr.Dataset:
     """Weights ``a, b`` per variable, lead (and level), along ``predictor``: the area-weighted
-    least-squares fit of the observed change ``y - x0`` on ``a (m - x0) + b (c - x0)``."""
-    x0, change, towards_clim = _predictors(forecast, truth, train_truth)
+    least-squares fit of the observed change ``y - x0`` on ``a (m - x0) + b (c - x0)``
+    (``predictors``: ``_predictors`` of these forecasts, if already computed)."""
+    x0, change, towards_clim = predictors or _predictors(forecast, truth, train_truth)
     observed = _aligned(forecast, truth) - x0
     w = _weights(forecast, None)
 
@@ -145,10 +148,10 @@ def fit_mean_weights(forecast: xr.Dataset, truth: xr.Dataset, train_truth: xr.Da
 
 
 def apply_mean_weights(forecast: xr.Dataset, truth: xr.Dataset, weights: xr.Dataset,
-                       train_truth: xr.Dataset) -> xr.Dataset:
+                       train_truth: xr.Dataset, predictors=None) -> xr.Dataset:
     """Members shifted so that the ensemble mean becomes ``x0 + a (m - x0) + b (c - x0)``; the
     deviations from the mean are unchanged."""
-    x0, change, towards_clim = _predictors(forecast, truth, train_truth)
+    _, change, towards_clim = predictors or _predictors(forecast, truth, train_truth)
     out = forecast.copy()
     for var in forecast.data_vars:
         if var not in weights:

@@ -161,7 +161,7 @@ def evaluate(cfg, run_dir: Path) -> dict:
     scores = {name: S.score(ds, truth) for name, ds in models.items()}
     metrics: dict = {}
     if not cfg.domain.forecast.path and (run_dir / "validation.zarr").exists():
-        metrics.update(_validation_scores(cfg, run_dir / "validation.zarr", settings))
+        metrics.update(_validation_scores(cfg, run_dir / "validation.zarr", settings, train_truth))
     if exact is not None:
         table = exact.expand_dims(metric=["crps"])
         metrics.update({f"oracle_exact/{k}": v for k, v in S.flatten_scores(table).items()})
@@ -195,11 +195,12 @@ def evaluate(cfg, run_dir: Path) -> dict:
     return metrics
 
 
-def _validation_scores(cfg, path: Path, settings: dict | None) -> dict:
+def _validation_scores(cfg, path: Path, settings: dict | None, train_truth: xr.Dataset) -> dict:
     """The validation period's forecasts scored (``val/...`` keys): what settings are chosen on,
     so that the test period is scored once. The model's calibration is cross-fitted
-    (``calibrate.cross_fitted``, the run's ``domain.forecast.calibrate``); beside it the raw forecast, persistence and, on the linear
-    store, the oracle ensemble of the same size (the ratio's denominator)."""
+    (``calibrate.cross_fitted``, the run's ``domain.forecast.calibrate``); beside it the raw
+    forecast, persistence and, on the linear store, the oracle ensemble of the same size (the
+    ratio's denominator)."""
     from domains.weather import scores as S
     from domains.weather.calibrate import calibration_mode, cross_fitted
     from domains.weather.oracle import LinearStoreOracle
@@ -208,7 +209,7 @@ def _validation_scores(cfg, path: Path, settings: dict | None) -> dict:
     truth = F.one_member(cfg, F.open_period(cfg, "val")).load()
     init, leads = raw["time"].values, raw["prediction_timedelta"].values
     mode = calibration_mode(cfg)
-    models = {"model": cross_fitted(raw, truth, mode, _train_truth(cfg)) if mode != "none" else raw,
+    models = {"model": cross_fitted(raw, truth, mode, train_truth) if mode != "none" else raw,
               "model_raw": raw,
               "persistence": S.persistence_forecast(truth, init, leads)}
     if settings is not None and settings.get("model", "linear") == "linear":
