@@ -633,13 +633,6 @@ def main(argv=None):
             pending.append(label)
         return out
 
-    def tune(label, model, t, tok) -> dict:
-        try:  # the sweep's pieces can meet the deadline like any other
-            return tune_refiner(b, model, first, t, tok)
-        except OutOfTime:
-            pending.append(label)
-            return {}
-
     def headline_rows(model, seed, chosen_refiner):
         out = []
         tok = tokenizers.get(seed, (None, None))[0]
@@ -680,7 +673,7 @@ def main(argv=None):
         rows += [attempt(f"refiner val linear_w2 {w}", b.score, "refiner", first, t, "val", "linear_w2",
                          guidance(2.0, "linear"), tok, weights=w) for w in ("ema", "raw")]
         choose_weights(b, "refiner", first, t, "linear_w2", guidance(2.0, "linear"), tok)
-        chosen = tune("refiner val tuning", "refiner", t, tok)
+        chosen = attempt("refiner val tuning", tune_refiner, b, "refiner", first, t, tok) or {}
         candidates, plain = [], []
         for schedule, sample in chosen.items():
             for r in ROUNDS:
@@ -763,7 +756,7 @@ def main(argv=None):
         rows += [attempt(f"ar val linear_w2 {w}", b.score, "ar", first, t, "val", "linear_w2",
                          guidance(2.0, "linear"), tok, weights=w) for w in ("ema", "raw")]
         choose_weights(b, "ar", first, t, "linear_w2", guidance(2.0, "linear"), tok)
-        chosen = tune("ar val tuning", "ar", t, tok)
+        chosen = attempt("ar val tuning", tune_refiner, b, "ar", first, t, tok) or {}
         for schedule, sample in chosen.items():
             rows.append(attempt(f"ar test {schedule}", b.score, "ar", first, t, "test", schedule, sample, tok))
         report()

@@ -158,7 +158,7 @@ def test_ddpm_loss_trains_and_uses_the_null_label():
         model.set_sampler("ddim", 2000)
 
 
-def test_parameter_counts_match_the_refiner_within_20_percent():
+def test_parameter_counts_of_the_baselines_match_the_refiner():
     cfg = compose_config(["domain=image"])
     tokenizer = VQTokenizer(**{k: v for k, v in OmegaConf.to_container(cfg.domain.tokenizer).items()
                                if k != "train"})
