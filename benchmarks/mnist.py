@@ -18,7 +18,9 @@ The protocol (each point is a mechanism of the core, so every benchmark can use 
   trains on (``domain.val_size``). Guidance weight and schedule, temperature and refinement rounds
   are chosen on it (``domain.eval_split=val``); test is scored once per frontier point, and the
   headline row is the validation-best refiner setting within ``--headline-nfe`` network calls.
-  The DDPM's guidance weight is chosen on validation with DDIM-10 and used at every step count;
+  The DDPM's guidance weight is chosen on validation with DDIM-10 (``--ddpm-weights``, from 0,
+  unguided, up: the width-16 DDPM chose the lowest weight of a grid starting at 0.5) and used at
+  every step count;
   the refiner's and the AR's weight and schedule at zero refinement rounds, temperature after.
 * **Same sample counts:** ``--samples`` for every row, validation and test alike; FD, unbiased
   KID, precision/recall and class accuracy from the image domain's ``c2f_evaluate``, with the
@@ -144,7 +146,12 @@ class Bench:
     def tokenizer(self, seed: int) -> tuple[Path, dict]:
         folder = self.out / f"tokenizer_s{seed}"
         over = self.base(seed) + ["task=train_tokenizer"]
-        m = self.piece(folder, {"piece": "tokenizer", "overrides": self.hashed(over), "trainer": "core.train"},
+        from omegaconf import OmegaConf
+        # the resolved settings, not only the overrides: a tokenizer made under other defaults (say,
+        # another codebook size) is refused rather than reused, and every piece keyed on it follows
+        settings = OmegaConf.to_container(compose_config(over).domain.tokenizer, resolve=True)
+        m = self.piece(folder, {"piece": "tokenizer", "overrides": self.hashed(over), "trainer": "core.train",
+                                "settings": settings},
                        lambda: (say(f"tokenizer, seed {seed}"), run(compose_config(over), folder))[1])
         return folder / "tokenizer.pt", m
 
@@ -586,7 +593,9 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--samples", type=int, default=1000, help="samples per row (val and test)")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0, 4.0],
-                    help="guidance weights tried on val")
+                    help="guidance weights tried on val for the refiner and the AR")
+    ap.add_argument("--ddpm-weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
+                    help="guidance weights tried on val for the DDPM (w = 0: unguided, half the FLOPs)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.9, 0.8])
     ap.add_argument("--headline-nfe", type=int, default=12)
     ap.add_argument("--ddim-steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
@@ -708,10 +717,10 @@ def main(argv=None):
                        "sample.guidance_schedule=constant"], None)
         val = [attempt(f"ddpm val ddim-10 w{w:g}", b.score, "ddpm", first, t, "val", f"ddim-10_w{w:g}",
                        ["domain.ddpm.sampler=ddim", "domain.ddpm.steps=10", f"sample.guidance={w}",
-                        "sample.guidance_schedule=constant"], None) for w in args.weights]
+                        "sample.guidance_schedule=constant"], None) for w in args.ddpm_weights]
         rows.extend(val)
         val = [v for v in val if v]
-        if len(val) == len(args.weights):
+        if len(val) == len(args.ddpm_weights):
             ddpm_weight = float(best(val)["sample"][2].split("=")[1])
             for steps in args.ddim_steps:
                 r = attempt(f"ddpm test ddim-{steps}", b.score, "ddpm", first, t, "test", f"ddim-{steps}",

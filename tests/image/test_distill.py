@@ -15,7 +15,8 @@ def tiny(shared_data, *extra):
             "domain.limit=512", "domain.space=latent", "refiner.d_model=32", "refiner.layers=1",
             "refiner.heads=2", "train.steps=3", "train.batch_size=8", "sample.num_samples=12",
             "sample.batch_size=6", "sample.flops_samples=2", "domain.tokenizer.width=8",
-            "domain.tokenizer.train.steps=3", "domain.tokenizer.train.batch_size=16", *extra]
+            "domain.tokenizer.train.steps=3", "domain.tokenizer.train.batch_size=16",
+            "domain.tokenizer.num_codes=64", *extra]  # 40 steps of a tiny student must show learning
 
 
 @pytest.fixture(scope="module")
