@@ -79,11 +79,17 @@ def grid() -> list[Setting]:
     return out
 
 
+TOKENIZER_CODES = 64
+
+
 def overrides(s: Setting, args, tokenizers: dict) -> list[str]:
     over = ["domain=image", f"domain.data_dir={args.data_dir}", f"seed={args.seed}",
             f"progress={str(not args.quiet).lower()}", f"domain.space={s.space}",
             f"model.target={s.target}", f"model.target_state={s.state}",
-            f"domain.tokenizer.train.steps={args.tokenizer_steps}"]
+            f"domain.tokenizer.train.steps={args.tokenizer_steps}",
+            # the ablation's codebook, pinned: its pieces are reused by folder (no config hash),
+            # and the image domain's default has since become 256 codes
+            f"domain.tokenizer.num_codes={TOKENIZER_CODES}"]
     if args.limit:
         over.append(f"domain.limit={args.limit}")
     scales = "[" + ",".join(map(str, s.scale_list)) + "]"
@@ -296,7 +302,7 @@ def write_doc(rows, shift_rows, tokenizers, args, total_seconds: float):
             f"{_fmt(m.get('class_accuracy'))} | {m['nfe']:.0f} | {m['seconds_per_sample']:.4f} | "
             f"{m.get('train_steps', 0):.0f} | {m.get('train_seconds', 0):.0f} | "
             f"{m.get('parameters', 0):.0f} |")
-    lines += ["", "Settings: `space` latent = the VQ tokenizer's 7x7 latent (64 codes, shared by all "
+    lines += ["", f"Settings: `space` latent = the VQ tokenizer's 7x7 latent ({TOKENIZER_CODES} codes, shared by all "
               "scales), pixel = the pyramid on the pixels (64 uniform levels in [-2, 2]); `target` "
               "index = softmax over the codes, bits = one sigmoid per bit of the index, continuous = "
               "regression of the de-quantised band (the same codes' values); `scales` = grid sizes "

@@ -12,16 +12,18 @@ Its training time is reported beside, since the frontier charges it to the laten
 
 With ``--refiner-minutes M``, the frontier's refiner (its sizes, masked-refinement training) is
 also trained for M minutes of wall clock over each tokenizer in ``--refiner-variants`` (the same
-M for every variant: the tokenizers here cost the same time within a few percent, and their time
-is reported) and scored on validation at the frontier's usual settings without refinement rounds
+M for every variant, the tokenizer's time not charged; it is reported beside) and scored on validation at the frontier's usual settings without refinement rounds
 (linear ramp w = 3, fine-scale interval w = 2; raw weights, which the frontier chose at short
 budgets). This says whether a larger codebook, which lowers the ceiling, is harder to learn.
+Another ``--refiner-minutes`` is another training piece: give it another ``--out``.
 Writes ``--doc`` (default ``docs/results/mnist_tokenizer.md``) and its JSON twin.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -33,7 +35,8 @@ from benchmarks.mnist import Bench, ceilings, guidance, say  # noqa: E402
 from core.io import write_json_atomic  # noqa: E402
 
 VARIANTS = {
-    "base": [],
+    "base": [],  # the current defaults
+    "codes64": ["domain.tokenizer.num_codes=64"],
     "codes256": ["domain.tokenizer.num_codes=256"],
     "codes512": ["domain.tokenizer.num_codes=512"],
     "codes1024": ["domain.tokenizer.num_codes=1024"],
@@ -82,7 +85,7 @@ def refiner_rows(b: VariantBench, vargs, name: str, tok) -> list[dict]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=["base", "codes256", "codes512"], choices=sorted(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["codes64", "codes256", "codes512"], choices=sorted(VARIANTS))
     ap.add_argument("--samples", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "mnist"))
@@ -90,10 +93,14 @@ def main(argv=None):
     ap.add_argument("--doc", default=str(REPO / "docs" / "results" / "mnist_tokenizer.md"))
     ap.add_argument("--refiner-minutes", type=float, default=0.0,
                     help="train a refiner this long over each of --refiner-variants (0: none)")
-    ap.add_argument("--refiner-variants", nargs="*", default=None,
+    ap.add_argument("--refiner-variants", nargs="+", default=None, choices=sorted(VARIANTS),
                     help="variants whose tokenizer gets a refiner (default: all of --variants)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
+    if args.refiner_variants and not set(args.refiner_variants) <= set(args.variants):
+        ap.error("--refiner-variants must be among --variants")
+    if args.refiner_variants and args.refiner_minutes <= 0:
+        ap.error("--refiner-variants needs --refiner-minutes M > 0")
     # the settings Bench reads that this benchmark does not vary
     args.ema, args.tokenizer_steps, args.max_minutes, args.report_only = 0.999, 2000, None, False
     args.override = []
@@ -114,22 +121,22 @@ def main(argv=None):
             say(f"{name} {r['setting']}: FD/floor {m['fd_over_floor']:.3f}, KID {m['kid']:.4f}")
         if args.refiner_minutes > 0 and name in (args.refiner_variants or args.variants):
             rows += refiner_rows(b, vargs, name, tok)
-    command = "python benchmarks/mnist_tokenizer.py --variants " + " ".join(args.variants)
-    if args.refiner_minutes > 0:
-        command += f" --refiner-minutes {args.refiner_minutes:g}"
-        if args.refiner_variants:
-            command += " --refiner-variants " + " ".join(args.refiner_variants)
+    command = "python benchmarks/mnist_tokenizer.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = ["# MNIST tokenizer variants: the ceiling of the latent models", "",
              f"Command: `{command}` ({(time.time() - start) / 60:.0f} min with reused pieces). "
-             f"Seed {args.seed}; {args.samples} validation images (or their reconstructions) scored "
-             "against the test images; 2 CPU cores.", "",
+             f"Seed {args.seed}; {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}). "
+             f"Rows `real-val` and `tokenizer-recon`: {args.samples} validation images, and their "
+             "reconstructions, scored against the test images (the frontier's ceiling rows). Rows "
+             f"`refiner val`: {args.samples} samples of the refiner scored against the validation "
+             "images (their own floor). `train s` is the row's own training time: the refiners' "
+             "tokenizer time is not charged here.", "",
              "| variant | overrides | row | FD / floor | KID | precision | recall | recon MSE | train s | steps | provenance |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mse = "-" if r["recon_mse"] is None else f"{r['recon_mse']:.4f}"
         lines.append(f"| {r['variant']} | {' '.join(r['overrides']) or '(defaults)'} | {r['row']} | "
                      f"{r['fd_over_floor']:.2f} | {r['kid']:.4f} | {r['precision']:.2f} | {r['recall']:.2f} | "
-                     f"{mse} | {r['train_seconds']:.0f} | {r['steps']} | {r['provenance']} |")
+                     f"{mse} | {r['train_seconds']:.0f} | {r['steps']:.0f} | {r['provenance']} |")
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text("\n".join(lines) + "\n")

@@ -121,6 +121,31 @@ def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
         b.piece(tmp_path / "p", changed, lambda: {"fd": 3.0})
 
 
+def test_the_mnist_tokenizer_piece_is_refused_when_a_default_changes(tmp_path, monkeypatch):
+    """The tokenizer piece is keyed on its resolved settings: the same overrides under another
+    default codebook size are another tokenizer, refused rather than reused."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "mnist_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "mnist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = argparse.Namespace(out=str(tmp_path), max_minutes=None, report_only=False, data_dir="/data",
+                              quiet=True, ema=0.999, tokenizer_steps=2000)
+    made = []
+    monkeypatch.setattr(bench, "run", lambda cfg, folder: made.append(cfg.domain.tokenizer.num_codes)
+                        or {"train_seconds": 1.0})
+    real = bench.compose_config
+    bench.Bench(args).tokenizer(0)
+    bench.Bench(args).tokenizer(0)
+    assert made == [real(["domain=image"]).domain.tokenizer.num_codes]   # the second call reused it
+    monkeypatch.setattr(bench, "compose_config", lambda over: real(over + ["domain.tokenizer.num_codes=8"]))
+    with pytest.raises(StalePieceError, match="num_codes"):
+        bench.Bench(args).tokenizer(0)
+
+
 def test_results_twin_holds_the_rows_of_its_page(tmp_path):
     import importlib.util
     from pathlib import Path
