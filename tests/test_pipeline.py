@@ -48,7 +48,10 @@ def test_pipeline_draws_the_samples_of_the_earlier_sampler(name, reference):
     out, nfe = generate(model, scheduler, cond, member_seeds(0, cond), extensions, stats)
     ref = reference[name]
     if "samples" in ref:
-        assert torch.equal(out, ref["samples"])
+        # the same draws: bit for bit on the CPU that drew the reference; another CPU's float
+        # kernels round the decoded values in the last bits (seen: 1e-6), where one other token
+        # or noise draw moves them by orders of magnitude more
+        assert torch.allclose(out, ref["samples"], rtol=0, atol=1e-5)
         assert nfe == ref["nfe"]  # one pass per step, guidance in the same pass
     else:  # graphs: the same edges; NFE now also counts the edge head's passes
         assert [g.num_nodes for g in out] == ref["nodes"]
