@@ -149,10 +149,11 @@ class Bench:
         from omegaconf import OmegaConf
         # the resolved settings, not only the overrides: a tokenizer made under other defaults (say,
         # another codebook size) is refused rather than reused, and every piece keyed on it follows
-        settings = OmegaConf.to_container(compose_config(over).domain.tokenizer, resolve=True)
+        cfg = compose_config(over)
+        settings = OmegaConf.to_container(cfg.domain.tokenizer, resolve=True)
         m = self.piece(folder, {"piece": "tokenizer", "overrides": self.hashed(over), "trainer": "core.train",
                                 "settings": settings},
-                       lambda: (say(f"tokenizer, seed {seed}"), run(compose_config(over), folder))[1])
+                       lambda: (say(f"tokenizer, seed {seed}"), run(cfg, folder))[1])
         return folder / "tokenizer.pt", m
 
     def model_overrides(self, model: str, seed: int, tok: Path | None) -> list[str]:

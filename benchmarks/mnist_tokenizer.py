@@ -12,9 +12,9 @@ Its training time is reported beside, since the frontier charges it to the laten
 
 With ``--refiner-minutes M``, the frontier's refiner (its sizes, masked-refinement training) is
 also trained for M minutes of wall clock over each tokenizer in ``--refiner-variants`` (the same
-M for every variant, the tokenizer's time not charged; it is reported beside) and scored on validation at the frontier's usual settings without refinement rounds
-(linear ramp w = 3, fine-scale interval w = 2; raw weights, which the frontier chose at short
-budgets). This says whether a larger codebook, which lowers the ceiling, is harder to learn.
+M for every variant, the tokenizer's time not charged; it is reported beside) and scored on
+validation at the frontier's usual settings without refinement rounds (linear ramp w = 3,
+fine-scale interval w = 2; raw weights, which the frontier chose at short budgets). This says whether a larger codebook, which lowers the ceiling, is harder to learn.
 Another ``--refiner-minutes`` is another training piece: give it another ``--out``.
 Writes ``--doc`` (default ``docs/results/mnist_tokenizer.md``) and its JSON twin.
 """
@@ -39,11 +39,7 @@ VARIANTS = {
     "codes64": ["domain.tokenizer.num_codes=64"],
     "codes256": ["domain.tokenizer.num_codes=256"],
     "codes512": ["domain.tokenizer.num_codes=512"],
-    "codes1024": ["domain.tokenizer.num_codes=1024"],
-    "width48": ["domain.tokenizer.width=48"],
-    "steps4000": ["domain.tokenizer.train.steps=4000"],
-    "codes256-width48": ["domain.tokenizer.num_codes=256", "domain.tokenizer.width=48"],
-    "channels32": ["domain.tokenizer.channels=32"],
+    "width48": ["domain.tokenizer.width=48"],  # about twice the tokenizer's time per step
 }
 
 
@@ -64,6 +60,13 @@ class VariantBench(Bench):
 REFINER_SETTINGS = {"linear_w3": guidance(3.0, "linear"), "interval-fine_w2": guidance(2.0, "interval-fine")}
 
 
+def _row(name: str, label: str, m: dict, train_seconds: float, steps, recon_mse=None) -> dict:
+    return {"variant": name, "overrides": VARIANTS[name], "row": label, "fd": m["fd"], "floor_fd": m["floor_fd"],
+            "fd_over_floor": m["fd_over_floor"], "kid": m["kid"], "precision": m["precision"],
+            "recall": m["recall"], "train_seconds": train_seconds, "steps": steps, "recon_mse": recon_mse,
+            "provenance": m["provenance"], "piece": m["piece"]}
+
+
 def refiner_rows(b: VariantBench, vargs, name: str, tok) -> list[dict]:
     """The frontier's refiner, trained ``--refiner-minutes`` over this variant's tokenizer (its own
     time not charged, see the docstring), scored on val at ``REFINER_SETTINGS``."""
@@ -73,13 +76,9 @@ def refiner_rows(b: VariantBench, vargs, name: str, tok) -> list[dict]:
     rows = []
     for setting, sample in REFINER_SETTINGS.items():
         r = b.score("refiner", vargs.seed, trained, "val", setting, sample, tok_path, weights="raw")
-        m = r["m"]
-        rows.append({"variant": name, "overrides": VARIANTS[name], "row": f"refiner val {setting} (raw)",
-                     "fd": m["fd"], "floor_fd": m["floor_fd"], "fd_over_floor": m["fd_over_floor"],
-                     "kid": m["kid"], "precision": m["precision"], "recall": m["recall"],
-                     "train_seconds": trained["train_seconds"], "steps": trained["train_steps"],
-                     "recon_mse": None, "provenance": m["provenance"], "piece": m["piece"]})
-        say(f"{name} refiner {setting}: FD/floor {m['fd_over_floor']:.3f} after {trained['train_steps']} steps")
+        rows.append(_row(name, f"refiner val {setting} (raw)", r["m"], trained["train_seconds"],
+                         trained["train_steps"]))
+        say(f"{name} refiner {setting}: FD/floor {r['m']['fd_over_floor']:.3f} after {trained['train_steps']} steps")
     return rows
 
 
@@ -112,12 +111,8 @@ def main(argv=None):
         tok = b.tokenizer(args.seed)
         for r in ceilings(b, args.seed, tok):
             m = r["m"]
-            rows.append({"variant": name, "overrides": VARIANTS[name], "row": r["setting"],
-                         "fd": m["fd"], "floor_fd": m["floor_fd"], "fd_over_floor": m["fd_over_floor"],
-                         "kid": m["kid"], "precision": m["precision"], "recall": m["recall"],
-                         "train_seconds": r["train_seconds"], "steps": r["train_steps"],
-                         "recon_mse": tok[1].get("recon_mse") if r["model"] == "tokenizer" else None,
-                         "provenance": m["provenance"], "piece": m["piece"]})
+            rows.append(_row(name, r["setting"], m, r["train_seconds"], r["train_steps"],
+                             tok[1].get("recon_mse") if r["model"] == "tokenizer" else None))
             say(f"{name} {r['setting']}: FD/floor {m['fd_over_floor']:.3f}, KID {m['kid']:.4f}")
         if args.refiner_minutes > 0 and name in (args.refiner_variants or args.variants):
             rows += refiner_rows(b, vargs, name, tok)

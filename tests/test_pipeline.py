@@ -1,4 +1,5 @@
-"""The scheduler/pipeline split: earlier samples reproduced bit for bit, within-scale refinement,
+"""The scheduler/pipeline split: earlier samples reproduced (the same draws; values bit for bit on
+the reference's CPU, to float rounding on others), within-scale refinement,
 and compute accounting (every network pass counted, FLOPs beside NFE)."""
 from pathlib import Path
 

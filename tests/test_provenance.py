@@ -98,8 +98,8 @@ def test_amending_a_dependency_that_does_not_matter_is_recorded(tmp_path):
     assert amend_piece(tmp_path, new, "again", ["tokenizer"]) is None   # nothing differs now
 
 
-def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
-    import argparse
+def _mnist_benchmark():
+    """benchmarks/mnist.py as a module (benchmarks/ is not a package on the test path)."""
     import importlib.util
     from pathlib import Path
 
@@ -107,6 +107,13 @@ def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
         "mnist_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "mnist.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_mnist_benchmark_refuses_a_stale_piece(tmp_path):
+    import argparse
+
+    bench = _mnist_benchmark()
     args = argparse.Namespace(out=str(tmp_path), max_minutes=None, report_only=False)
     b = bench.Bench(args)
     made = []
@@ -125,13 +132,8 @@ def test_the_mnist_tokenizer_piece_is_refused_when_a_default_changes(tmp_path, m
     """The tokenizer piece is keyed on its resolved settings: the same overrides under another
     default codebook size are another tokenizer, refused rather than reused."""
     import argparse
-    import importlib.util
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "mnist_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "mnist.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _mnist_benchmark()
     args = argparse.Namespace(out=str(tmp_path), max_minutes=None, report_only=False, data_dir="/data",
                               quiet=True, ema=0.999, tokenizer_steps=2000)
     made = []
