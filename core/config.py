@@ -50,6 +50,8 @@ class RefinerConfig:
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     mask: str = "block_causal"        # block_causal | markov
+    window: int = 0                   # > 0: finer scales attend within windows of this many
+    train_windows: float = 1.0        # share of a fine scale's windows a training step computes
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from core.pyramid import ResidualPyramid, flat, unflat
+from core.refiner import pick_positions
 from core.targets import Prediction
 
 
@@ -96,17 +97,28 @@ class ScaleModel(nn.Module):
             visible.append((~masked & partial).to(codes.device))
         return torch.cat(visible, 1)
 
+    def training_positions(self, batch: int, generator: torch.Generator | None = None):
+        """The positions one training step scores ([B, L'] indices, or None for all): a share of
+        the fine scales' windows when the refiner has local windows (``core.refiner``)."""
+        if not self.training or not hasattr(self.refiner, "training_positions"):
+            return None
+        return self.refiner.training_positions(batch, generator)
+
     def loss(self, batch, generator: torch.Generator | None = None):
         x, cond = batch
         enc = self.encode(x)
         cond = drop_labels(cond, x.shape[0], self.num_classes, self.label_drop, generator, x.device)
         codes, values = torch.cat(enc.codes, 1), torch.cat(enc.values, 1)
+        positions = self.training_positions(x.shape[0], generator)
+        shown = {} if positions is None else {"positions": positions}
+        scored = (lambda t: t) if positions is None else (lambda t: pick_positions(t, positions))
         if not self.refine_trained:
-            pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond))
-            return self.head.loss(pred, codes, values)
+            pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond, **shown))
+            return self.head.loss(pred, scored(codes), scored(values))
         visible = self.refine_mask(enc, generator)
-        pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond, own=values, visible=visible))
-        masked = ~visible
+        pred = self.head(self.refiner(torch.cat(enc.contexts, 1), cond, own=values, visible=visible, **shown))
+        masked = ~scored(visible)
+        codes, values = scored(codes), scored(values)
         loss, logs = self.head.loss(Prediction(pred.kind, pred.value[masked]), codes[masked], values[masked])
         logs["masked_share"] = float(masked.float().mean())
         return loss, logs
@@ -230,8 +242,13 @@ class FieldScaleModel(ScaleModel):
         target, cond = batch
         enc = self.encode(target)
         inputs = torch.cat([self._inputs(c, cond, k) for k, c in enumerate(enc.contexts)], 1)
-        pred = self.head(self.refiner(inputs, self._no_label(cond)))
-        return self.head.loss(pred, torch.cat(enc.codes, 1), torch.cat(enc.values, 1))
+        codes, values = torch.cat(enc.codes, 1), torch.cat(enc.values, 1)
+        positions = self.training_positions(len(target), generator)
+        if positions is None:
+            pred = self.head(self.refiner(inputs, self._no_label(cond)))
+            return self.head.loss(pred, codes, values)
+        pred = self.head(self.refiner(inputs, self._no_label(cond), positions=positions))
+        return self.head.loss(pred, pick_positions(codes, positions), pick_positions(values, positions))
 
     def predict(self, state: dict, k: int, cond: torch.Tensor, own=None, visible=None) -> dict:
         cond = cond.to(state["z"].device)

@@ -202,3 +202,21 @@ def test_small_model_beats_persistence_and_climatology(tmp_path):
             assert crps < m[f"persistence/crps/{ch}/{lead}"], (ch, lead)
             assert crps < m[f"climatology/crps/{ch}/{lead}"], (ch, lead)
         assert 0.5 < m[f"spread_skill/{ch}/72h"] < 1.5, ch
+
+
+def test_windowed_refiner_trains_on_a_share_of_the_fine_windows_and_forecasts_every_pixel(trained):
+    """``refiner.window``: nside 4 (192 pixels) is cut into 4 windows of 48 nested pixels; a
+    training step scores every coarser pixel and 2 of the 4 windows, and sampling fills them all."""
+    cfg = compose_config(TINY + ["refiner.window=48", "refiner.train_windows=0.5"])
+    data = F.load_split(cfg, "train")
+    from domains.weather.plugin import build_model
+    model = build_model(cfg, data).train()
+    seen = []
+    original = model.head.loss
+    model.head.loss = lambda pred, codes, values: seen.append(codes.shape[1]) or original(pred, codes, values)
+    loss, _ = model.loss(data.batch([0, 1, 2]), torch.Generator().manual_seed(0))
+    assert seen == [12 + 48 + 96] and torch.isfinite(loss)
+    loss.backward()
+    target, cond = data.batch([0, 1])
+    out, nfe = generate(model.eval(), TokenScheduler(), cond, [0, 1])
+    assert nfe == 3 and out.shape == target.shape and torch.isfinite(out).all()
