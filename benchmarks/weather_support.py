@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from core.io import atomic_path, write_json_atomic  # noqa: E402
 from core.provenance import provenance_label  # noqa: E402
 from core.run import compose_config  # noqa: E402
+from domains.weather.oracle import LinearStoreOracle  # noqa: E402
 from domains.weather.synthetic import ensure_synthetic  # noqa: E402
 from weather_sweep import piece, ratio  # noqa: E402
 
@@ -86,6 +87,46 @@ def spread_map(forecast: Path, var: str, level: int, lead_days: int) -> np.ndarr
     return f.transpose("number", "latitude", "longitude").values.std(0, ddof=1)
 
 
+def base_pixel_edges(lat, lon) -> dict[str, np.ndarray]:
+    """Grid cells [lat, lon] next to an edge of the 12 HEALPix base pixels: ``ring`` where the
+    neighbour lies in another ring of four (north cap, equatorial belt, south cap: the edges of
+    the nside-8 windows, which are also those of the nside-16 windows), ``within`` where it lies
+    in another base pixel of the same ring (edges of the nside-16 windows only), ``inside`` the
+    rest. Neighbours: east, west (around the circle), north and south."""
+    import healpy
+
+    la, lo = np.meshgrid(np.asarray(lat, float), np.asarray(lon, float), indexing="ij")
+    base = healpy.ang2pix(1, lo, la, nest=True, lonlat=True)
+    ring = base // 4
+    other_base, other_ring = np.zeros(base.shape, bool), np.zeros(base.shape, bool)
+    for axis, wrap in ((1, True), (0, False)):
+        for shift in (1, -1):
+            b, r = np.roll(base, shift, axis), np.roll(ring, shift, axis)
+            differs_b, differs_r = b != base, r != ring
+            if not wrap:  # no neighbour beyond the first and last latitude rows
+                edge_row = 0 if shift == 1 else -1
+                differs_b[edge_row], differs_r[edge_row] = False, False
+            other_base |= differs_b
+            other_ring |= differs_r
+    return {"ring": other_ring, "within": other_base & ~other_ring, "inside": ~other_base}
+
+
+def relative_spread(ensemble: xr.Dataset, var: str, level: int, lead_days: int) -> np.ndarray:
+    """The members' spread at one lead averaged over initial times, each latitude row divided by
+    its zonal mean: [lat, lon]. On the linear store the exact spread depends on latitude alone,
+    so a calibrated ensemble's map is 1 everywhere up to its sampling noise."""
+    f = _field(ensemble, var, level).sel(prediction_timedelta=np.timedelta64(lead_days, "D"))
+    sd = f.transpose("time", "number", "latitude", "longitude").values.std(1, ddof=1).mean(0)
+    return sd / sd.mean(1, keepdims=True)
+
+
+def edge_contrast(rel: np.ndarray, edges: dict[str, np.ndarray], rows: np.ndarray) -> dict:
+    """Mean relative spread next to ring edges and within-ring edges over that inside the base
+    pixels (1: the edges do not show; below 1: spread dips along them), on ``rows``."""
+    inside = float(rel[rows][edges["inside"][rows]].mean())
+    return {k: float(rel[rows][edges[k][rows]].mean()) / inside for k in ("ring", "within")}
+
+
 def figure(supports, by_band, maps, lead_days: int, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -112,27 +153,67 @@ def figure(supports, by_band, maps, lead_days: int, path: Path) -> None:
     plt.close(fig)
 
 
+def edge_figure(rel_maps: dict, grid_edges: dict, lead_days: int, path: Path) -> None:
+    """The relative spread maps of every forecast, the base pixels' edges drawn over them."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rel_maps)
+    channels = [name for name, _, _ in CHANNELS]
+    fig, axes = plt.subplots(len(channels), len(names), figsize=(4.2 * len(names), 3.2 * len(channels)),
+                             squeeze=False)
+    edge = (~grid_edges["inside"]).astype(float)
+    for row, ch in enumerate(channels):
+        for col, s in enumerate(names):
+            ax = axes[row, col]
+            im = ax.imshow(rel_maps[s][ch][::-1], cmap="RdBu_r", vmin=0.6, vmax=1.4, aspect="auto")
+            ax.contour(edge[::-1], levels=[0.5], colors="k", linewidths=0.4, alpha=0.5)
+            ax.set(title=f"{s}: {ch} spread / zonal mean, day {lead_days}", xticks=[], yticks=[])
+            fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--supports", nargs="+", default=list(SUPPORTS), choices=list(SUPPORTS))
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="training seeds of every support")
+    ap.add_argument("--seeds-for", nargs="*", default=[], metavar="SUPPORT=0,1,2",
+                    help="other seeds for one support, e.g. default=0,1,2")
     ap.add_argument("--lead-days", type=int, default=3, help="the lead of the by-scale table and maps")
     ap.add_argument("--out", default=str(REPO / "outputs" / "weather_support"))
     ap.add_argument("--doc", default=str(REPO / "docs" / "results" / "weather_support.md"))
     ap.add_argument("--override", nargs="*", default=[], help="extra hydra overrides for every run")
     args = ap.parse_args(argv)
+    seeds_of = {s: list(args.seeds) for s in args.supports}
+    for item in args.seeds_for:
+        name, _, values = item.partition("=")
+        if name not in seeds_of or not values:
+            ap.error(f"--seeds-for {item}: give SUPPORT=seed,seed,... for one of {', '.join(args.supports)}")
+        seeds_of[name] = [int(v) for v in values.split(",")]
 
     base = ["+experiment=weather_main", "progress=true"] + args.override
     cfg = compose_config(base)
     leads = [f"{24 * d}h" for d in (1, 3, 5, 7, 10)
              if 24 * d <= cfg.domain.forecast.lead_steps * cfg.domain.step_hours]
-    truth = xr.open_zarr(ensure_synthetic(**cfg.domain.synthetic), consolidated=True)
-    runs, by_band, maps = {}, {}, {}
+    store = ensure_synthetic(**cfg.domain.synthetic)
+    truth = xr.open_zarr(store, consolidated=True)
+    grid_edges = base_pixel_edges(truth.latitude.values, truth.longitude.values)
+    rows = np.abs(truth.latitude.values) <= 75.0   # the edges crowd together at the poles
+    runs, by_band, maps, edges, rel_maps = {}, {}, {}, {}, {}
     for s in args.supports:
-        for seed in args.seeds:
+        for seed in seeds_of[s]:
             folder = Path(args.out) / f"{s}-seed{seed}"
             runs[s, seed] = (*piece(base + SUPPORTS[s] + [f"seed={seed}"], folder), folder)
-        folder = runs[s, args.seeds[0]][2]
+            fc = xr.open_zarr(folder / "forecast.zarr", consolidated=True)
+            for name, var, level in CHANNELS:
+                rel = relative_spread(fc, var, level, args.lead_days)
+                edges.setdefault(s, {}).setdefault(name, []).append(edge_contrast(rel, grid_edges, rows))
+                rel_maps.setdefault(s, {}).setdefault(name, rel)
+        folder = runs[s, seeds_of[s][0]][2]
         by_band[s] = {name: spread_skill_by_band(folder / "forecast.zarr", truth, var, level, args.lead_days)
                       for name, var, level in CHANNELS}
         maps[s] = {name: spread_map(folder / "forecast.zarr", var, level, args.lead_days)
@@ -148,8 +229,7 @@ def main(argv=None) -> int:
              f"for the default's {cfg.train.max_seconds:g} s.", ""]
     for s in args.supports:
         lines.append(f"- `{s}`: `{' '.join(SUPPORTS[s])}`")
-    seeds = ", ".join(map(str, args.seeds))
-    lines += ["", f"## CRPS / oracle ensemble (seeds {seeds}: mean [min, max])", "",
+    lines += ["", "## CRPS / oracle ensemble (over a support's seeds: mean [min, max])", "",
               "| support | " + " | ".join(f"{ch} {lead}" for ch, _, _ in CHANNELS for lead in leads) + " | worst |",
               "|---|" + "---|" * (len(CHANNELS) * len(leads) + 1)]
     table = {}
@@ -157,19 +237,19 @@ def main(argv=None) -> int:
         cells, worst = [], []
         for ch, _, _ in CHANNELS:
             for lead in leads:
-                r = [ratio(runs[s, seed][0], ch, lead) for seed in args.seeds]
+                r = [ratio(runs[s, seed][0], ch, lead) for seed in seeds_of[s]]
                 table.setdefault(s, {})[f"{ch}/{lead}"] = r
                 cells.append(_spread(r))
-        worst = [max(table[s][k][i] for k in table[s]) for i in range(len(args.seeds))]
+        worst = [max(table[s][k][i] for k in table[s]) for i in range(len(seeds_of[s]))]
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {_spread(worst)} |")
     lines += ["", "## Spread/skill", "",
               "| support | " + " | ".join(f"{ch} {lead}" for ch, _, _ in CHANNELS for lead in leads) + " |",
               "|---|" + "---|" * (len(CHANNELS) * len(leads))]
     for s in args.supports:
         lines.append(f"| {s} | " + " | ".join(
-            _spread([runs[s, seed][0][f"spread_skill/{ch}/{lead}"] for seed in args.seeds])
+            _spread([runs[s, seed][0][f"spread_skill/{ch}/{lead}"] for seed in seeds_of[s]])
             for ch, _, _ in CHANNELS for lead in leads) + " |")
-    lines += ["", f"## Spread/skill by scale (day {args.lead_days}, seed {args.seeds[0]})", "",
+    lines += ["", f"## Spread/skill by scale (day {args.lead_days}, a support's first seed)", "",
               "Zonal wavenumber bands; in brackets the band's share of the ensemble mean's error power.", "",
               "| support | channel | " + " | ".join(f"k {lo}-{hi}" for lo, hi in BANDS) + " |",
               "|---|---|" + "---|" * len(BANDS)]
@@ -177,6 +257,29 @@ def main(argv=None) -> int:
         for name, _, _ in CHANNELS:
             lines.append(f"| {s} | {name} | " + " | ".join(
                 f"{v['spread_skill']:.2f} ({v['error_share']:.0%})" for v in by_band[s][name].values()) + " |")
+    # the reference: the exact limit's ensemble of the same size at the same initial times, whose
+    # relative spread is 1 up to sampling noise
+    first = xr.open_zarr(runs[next(iter(runs))][2] / "forecast.zarr", consolidated=True)
+    oracle = LinearStoreOracle.for_store(store).ensemble(
+        first.time.values, [np.timedelta64(args.lead_days, "D")], int(first.sizes["number"]), seed=0,
+        variables=[var for _, var, _ in CHANNELS])
+    for name, var, level in CHANNELS:
+        rel = relative_spread(oracle, var, level, args.lead_days)
+        edges.setdefault("oracle ensemble", {})[name] = [edge_contrast(rel, grid_edges, rows)]
+        rel_maps.setdefault("oracle ensemble", {})[name] = rel
+    lines += ["", f"## The base pixels' edges in the spread (day {args.lead_days})", "",
+              "The members' spread averaged over the initial times, each latitude row divided by its "
+              "zonal mean (the linear store's exact spread depends on latitude alone), within 75 degrees "
+              "of the equator: its mean on grid cells next to an edge of the 12 HEALPix base pixels over "
+              "its mean inside them. *ring*: edges between the north cap, the equatorial belt and the "
+              "south cap (edges of the nside-8 and the nside-16 windows); *within*: edges between base "
+              "pixels of one ring (edges of the nside-16 windows only). 1: the edges do not show; the "
+              "oracle ensemble of the same size gives the sampling noise.", "",
+              "| forecast | " + " | ".join(f"{name} {k}" for name, _, _ in CHANNELS for k in ("ring", "within"))
+              + " |", "|---|" + "---|" * (2 * len(CHANNELS))]
+    for s in edges:
+        lines.append(f"| {s} | " + " | ".join(_spread([e[k] for e in edges[s][name]])
+                                                for name, _, _ in CHANNELS for k in ("ring", "within")) + " |")
     lines += ["", "## Cost", "", "| support | seed | whole run min | training steps | training min | "
               "member-steps/s | refiner calls per step | provenance |", "|---|---|---|---|---|---|---|---|"]
     for (s, seed), (m, record, _) in runs.items():
@@ -188,10 +291,13 @@ def main(argv=None) -> int:
     figures = doc.with_suffix("")
     figures.mkdir(parents=True, exist_ok=True)
     figure(args.supports, by_band, maps, args.lead_days, figures / "support.png")
-    lines += ["", f"![support.png]({figures.name}/support.png)", ""]
+    edge_figure(rel_maps, grid_edges, args.lead_days, figures / "edges.png")
+    lines += ["", f"![support.png]({figures.name}/support.png)", "",
+              f"![edges.png]({figures.name}/edges.png)", ""]
     doc.write_text("\n".join(lines))
     write_json_atomic({"page": doc.name, "command": cmd.strip(), "supports": {s: SUPPORTS[s] for s in args.supports},
-                       "crps_over_oracle": table, "by_band": by_band,
+                       "seeds": seeds_of, "crps_over_oracle": table, "by_band": by_band,
+                       "edge_contrast": edges,
                        "runs": [{"support": s, "seed": seed, "provenance": record,
                                  **{k: m[k] for k in ("wall_seconds", "train_steps", "train_seconds",
                                                       "forecast/member_steps_per_second") if k in m}}
