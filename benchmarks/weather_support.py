@@ -1,6 +1,7 @@
 """Weather: the support's resolution, HEALPix nside 8 against nside 16 with local windows.
 
     python benchmarks/weather_support.py [--supports nside8 nside16 default] [--seeds 0]
+                                         [--seeds-for default=0,1,2]
 
 Each support is one main run (``python -m core.run +experiment=weather_main`` plus its
 overrides), a cached piece with its config hash and commit (``core.provenance``; a finished run is
@@ -10,6 +11,8 @@ the ensemble's spread and the ensemble mean's error split into bands of zonal wa
 along each latitude circle within 60 degrees of the equator, area-weighted) at one lead. A support
 that cannot hold the grid's finest scales leaves that band's spread near zero while its error is
 not, and its spread maps show the support's pixels (the diamond pattern of HEALPix nside 8).
+A last table measures how far the time-mean spread dips along the edges of the 12 base pixels
+(the edges of the local windows), against the oracle ensemble of the same size.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from core.provenance import provenance_label  # noqa: E402
 from core.run import compose_config  # noqa: E402
 from domains.weather.oracle import LinearStoreOracle  # noqa: E402
 from domains.weather.synthetic import ensure_synthetic  # noqa: E402
-from weather_sweep import piece, ratio  # noqa: E402
+from weather_sweep import _spread, piece, ratio  # noqa: E402
 
 # the supports compared: their overrides of the main run. nside8 is the previous default and
 # nside16 the same run on the finer support with local windows, both under the previous budget
@@ -305,11 +308,6 @@ def main(argv=None) -> int:
                       doc.with_suffix(".json"))
     print("\n".join(lines))
     return 0
-
-
-def _spread(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} [{min(values):.3f}, {max(values):.3f}]"
 
 
 if __name__ == "__main__":
