@@ -8,8 +8,10 @@ For each set and training seed (``configs/experiment/graph_<set>.yaml``, ``--ove
 1. train (``task=train``);
 2. choose the sampling temperature on the validation split: 40 samples per candidate scored
    against the 32 validation graphs (``domain.eval_split=val``); the candidate with the best mean
-   V.U.N. over the training seeds wins (then the lower ratio). Test is not read here;
-3. score test once at the chosen temperature: 40 samples per sampling seed against the 40 test
+   V.U.N. over the training seeds wins (then the lower ratio). Then, at that temperature, the
+   within-scale refinement rounds (``--refine-rounds``, for a model trained with
+   ``--override model.refine=true``; ties go to fewer rounds). Test is not read here;
+3. score test once at the chosen setting: 40 samples per sampling seed against the 40 test
    graphs (the published protocol), plain and with constrained draws (``domain.constrain=auto``,
    domain knowledge the published models do not use);
 4. score ``--pooled`` samples against all 200 graphs (train + val + test) for tighter MMDs.
@@ -154,6 +156,23 @@ def select_temperature(base: list[str], train_seeds, temperatures, root: Path):
     return choose(val), val, trained
 
 
+def select_rounds(base: list[str], train_seeds, temperature: float, rounds, root: Path, plain: list[dict]):
+    """Refinement rounds at the chosen temperature, on the validation split only (R = 0 is the
+    temperature's own runs, ``plain``): (chosen rounds, {rounds: validation runs})."""
+    val = {0: plain}
+    for r in [r for r in rounds if r > 0]:
+        val[r] = [sample_piece(base + [f"sample.temperature={temperature}", f"sample.refine_rounds={r}",
+                                       "seed=1000", "domain.eval_split=val", "domain.published_sbm=false"],
+                               root / f"s{ts}" / "train" / "checkpoints" / "last.pt",
+                               root / f"s{ts}" / f"val_t{temperature:g}_R{r}") for ts in train_seeds]
+    return choose(val), val
+
+
+def _rounds_opts(rounds: int) -> tuple[list[str], str]:
+    """(sample overrides, folder suffix) of a number of refinement rounds (none for 0)."""
+    return ([f"sample.refine_rounds={rounds}"], f"_R{rounds}") if rounds else ([], "")
+
+
 def train_seeds_for(name: str, args) -> list[int]:
     """The training seeds of set ``name``: ``--train-seeds``, unless ``--set-train-seeds`` names it."""
     for item in args.set_train_seeds:
@@ -169,11 +188,18 @@ def evaluate_set(name: str, args) -> dict:
     train_seeds = train_seeds_for(name, args)
     chosen, val, trained = select_temperature(base, train_seeds, args.temperature, root)
     _stamp(f"{name}: temperature {chosen:g} chosen on val")
-    out = {"set": name, "train_seeds": train_seeds, "chosen_temperature": chosen, "val": [], "rows": [], "pooled": []}
-    for t in args.temperature:
-        m = _mean(val[t])
-        out["val"].append({"set": name, "temperature": t, "chosen": t == chosen, "vun": m.get("vun"),
-                           "ratio": m["ratio"], "valid": m.get("valid"), "runs": len(val[t])})
+    rounds, val_rounds = select_rounds(base, train_seeds, chosen, args.refine_rounds, root, val[chosen])
+    rounds_opts, rounds_tag = _rounds_opts(rounds)
+    if rounds:
+        _stamp(f"{name}: {rounds} refinement rounds chosen on val")
+    out = {"set": name, "train_seeds": train_seeds, "chosen_temperature": chosen, "chosen_refine_rounds": rounds,
+           "val": [], "rows": [], "pooled": []}
+    candidates = [(t, 0, val[t]) for t in args.temperature] + [(chosen, r, v) for r, v in val_rounds.items() if r]
+    for t, r, runs in candidates:
+        m = _mean(runs)
+        out["val"].append({"set": name, "temperature": t, "refine_rounds": r,
+                           "chosen": (t, r) == (chosen, rounds), "vun": m.get("vun"), "ratio": m["ratio"],
+                           "valid": m.get("valid"), "nfe": m.get("nfe"), "runs": len(runs)})
     for mode, extra in (("plain", []), ("constrained", ["domain.constrain=auto"])):
         runs, per_train, flops_unit = [], [], []
         for ts in train_seeds:
@@ -182,8 +208,9 @@ def evaluate_set(name: str, args) -> dict:
             flops_unit.append(backbone_flops(base, ckpt, folder / "backbone_flops"))
             mine = []
             for ss in args.seeds:
-                sub = folder / f"test_t{chosen:g}_{mode}_r{ss}"
-                m = sample_piece(base + extra + [f"sample.temperature={chosen}", f"seed={ss}"], ckpt, sub)
+                sub = folder / f"test_t{chosen:g}{rounds_tag}_{mode}_r{ss}"
+                m = sample_piece(base + extra + rounds_opts + [f"sample.temperature={chosen}", f"seed={ss}"],
+                                 ckpt, sub)
                 m["train_seconds"] = trained[ts][0]["train_seconds"]
                 m["parameters"] = trained[ts][0]["parameters"]
                 m["backbone_equivalent"] = m.get("flops_per_sample", float("nan")) / flops_unit[-1]
@@ -191,7 +218,8 @@ def evaluate_set(name: str, args) -> dict:
             runs += mine
             per_train.append(_mean(mine))
         row = _mean(runs)
-        row.update(set=name, setting=f"T = {chosen:g}", constrained=mode == "constrained",
+        row.update(set=name, setting=f"T = {chosen:g}" + (f", R = {rounds}" if rounds else ""),
+                   constrained=mode == "constrained",
                    runs=len(runs), train_seeds=list(train_seeds), sampling_seeds=list(args.seeds),
                    vun_range=[min(r["vun"] for r in runs), max(r["vun"] for r in runs)],
                    vun_train_seed_means=[p["vun"] for p in per_train],
@@ -204,10 +232,11 @@ def evaluate_set(name: str, args) -> dict:
     if args.pooled:
         for ts in train_seeds:
             folder = root / f"s{ts}"
-            m = sample_piece(base + [f"sample.temperature={chosen}", "seed=0", "domain.eval_split=pooled",
-                                     "domain.published_sbm=false",
-                                     f"sample.num_samples={args.pooled}", "sample.batch_size=64"],
-                             folder / "train" / "checkpoints" / "last.pt", folder / f"pooled_t{chosen:g}")
+            m = sample_piece(base + rounds_opts + [f"sample.temperature={chosen}", "seed=0",
+                                                   "domain.eval_split=pooled", "domain.published_sbm=false",
+                                                   f"sample.num_samples={args.pooled}", "sample.batch_size=64"],
+                             folder / "train" / "checkpoints" / "last.pt",
+                             folder / f"pooled_t{chosen:g}{rounds_tag}")
             out["pooled"].append({"set": name, "train_seed": ts, **{k: m.get(k) for k in (
                 "vun", "vun_published", "valid", "unique", "novel", *[f"mmd_{s}" for s in STATS],
                 "reference_graphs", "provenance")}, "samples": args.pooled})
@@ -269,17 +298,20 @@ def write_page(results: list[dict], args, path: Path) -> None:
                 f"{_f(r.get('flops_per_sample', float('nan')) / 1e9, 3)} | {r['seconds_per_sample']:.4f} | "
                 f"{_f(r.get('redraws_per_sample'), 3)} | {r['train_seconds']:.0f} | {r['parameters']:.0f} | "
                 f"{r['runs']} |")
-    lines += ["", "## Temperature chosen on the validation split", "",
+    lines += ["", "## Settings chosen on the validation split", "",
               "40 samples per candidate and training seed against the 32 validation graphs "
-              "(`domain.eval_split=val`); means over the training seeds.", "",
-              "| set | temperature | V.U.N. % | valid % | ratio | chosen |", "|---|---|---|---|---|---|"]
+              "(`domain.eval_split=val`); means over the training seeds. The temperature first (no "
+              "refinement), then the refinement rounds at it.", "",
+              "| set | temperature | refinement rounds | NFE (all) | V.U.N. % | valid % | ratio | chosen |",
+              "|---|---|---|---|---|---|---|---|"]
     for res in results:
         for v in res["val"]:
-            lines.append(f"| {v['set']} | {v['temperature']:g} | {_pct(v['vun'])} | {_pct(v['valid'])} | "
+            lines.append(f"| {v['set']} | {v['temperature']:g} | {v.get('refine_rounds', 0)} | "
+                         f"{_f(v.get('nfe'), 3)} | {_pct(v['vun'])} | {_pct(v['valid'])} | "
                          f"{_f(v['ratio'], 3)} | {'yes' if v['chosen'] else ''} |")
     if any(res["pooled"] for res in results):
         lines += ["", f"## {args.pooled} samples against all 200 graphs", "",
-                  "At the chosen temperature, one sampling seed per training seed, scored against "
+                  "At the chosen setting, one sampling seed per training seed, scored against "
                   "train + val + test pooled (`domain.eval_split=pooled`; no ratio: train is in the "
                   "reference).", "",
                   "| set | training seed | V.U.N. % | V.U.N. %, published test | " + " | ".join(STATS) + " |",
@@ -310,6 +342,9 @@ def main(argv=None):
                     help="training seeds of one set, e.g. sbm=0 or planar=0,1,2 (else --train-seeds)")
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.85, 0.7],
                     help="candidates, chosen on the validation split")
+    ap.add_argument("--refine-rounds", type=int, nargs="+", default=[0],
+                    help="within-scale refinement rounds tried on val at the chosen temperature "
+                         "(> 0 needs --override model.refine=true)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampling seeds on test")
     ap.add_argument("--pooled", type=int, default=512, help="samples against all graphs (0: skip)")
     ap.add_argument("--out", default=str(REPO / "outputs" / "benchmark_graph"))

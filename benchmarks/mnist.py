@@ -183,7 +183,11 @@ class Bench:
         def make():
             plan = _load(folder / "plan.json")
             if plan is None:
-                sps = seconds_per_step(compose_config(over))
+                # the fastest of a few probe steps: one slowed by another process would plan
+                # too few steps, and the run would stop before its budget (the clock stops it)
+                timings = {}
+                seconds_per_step(compose_config(over), probe_steps=5, timings=timings)
+                sps = min(timings["step_seconds"])
                 plan = {"steps": max(1, int(budget / sps)), "seconds_per_step": sps}
                 write_json_atomic(plan, folder / "plan.json")
             say(f"train {model}, seed {seed}: {budget:.0f} s, planned {plan['steps']} steps")

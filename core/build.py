@@ -151,7 +151,8 @@ def seconds_per_step(cfg, probe_steps: int = 3, warmup_steps: int = 1, timings: 
     """Wall time of one training step of the model ``cfg`` builds, on its device, precision and
     compile setting (after ``warmup_steps``, which also absorb compilation): plans a step count
     for a wall-clock budget (``train.max_seconds`` has the last word) and measures devices.
-    ``timings``, if given, receives ``warmup_seconds`` (the warm-up steps' time)."""
+    ``timings``, if given, receives ``warmup_seconds`` (the warm-up steps' time) and
+    ``step_seconds`` (each probe step's time)."""
     cfg = validate_config(cfg)
     domain = get_domain(cfg.domain.name)
     device = set_device(cfg.device)
@@ -175,4 +176,5 @@ def seconds_per_step(cfg, probe_steps: int = 3, warmup_steps: int = 1, timings: 
         times.append(time.perf_counter() - t0)
     if timings is not None:
         timings["warmup_seconds"] = sum(times[:warmup_steps])
+        timings["step_seconds"] = times[warmup_steps:]
     return sum(times[warmup_steps:]) / probe_steps

@@ -67,6 +67,7 @@ class SampleConfig:
     refine_rounds: int = 0               # within-scale refinement rounds per scale (model.refine)
     refine_schedule: str = "cosine"      # cosine | linear: share of a scale re-predicted per round
     refine_scales: Optional[list] = None  # scales to refine (0 = coarsest, -1 = finest); null: all
+    refine_max_share: float = 1.0        # the schedule's shares times this (at most this share per round)
     shift_scale: Optional[int] = None    # noise shift after this scale (0 = coarsest); null: none
     shift_sigma: float = 0.0             # its size, relative to the clean state's per-channel std
     max_redraws: int = 0                 # constrained draws (model.band_ok): redraws per scale

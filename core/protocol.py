@@ -88,6 +88,22 @@ class Refinable(Protocol):
 
 
 @runtime_checkable
+class RefinesView(Protocol):
+    """A refinable model whose step draws several token groups (graphs: node tokens, then edge
+    patterns in rounds) refines one of them through a *view*: ``refine_view`` gives that group's
+    tokens and predictions as one group [batch, n, ...] and the positions that must stay (padding,
+    tokens with no choice); ``refine_apply`` writes the refined group back into the step's tokens.
+    ``repredict_pass`` names the network a ``repredict`` runs, "backbone" or "head", for NFE."""
+    repredict_pass: str
+
+    def refine_view(self, state, k: int, predictions: dict, tokens: dict) -> tuple:
+        """(tokens, predictions, fixed): one-entry dicts and a bool [batch, n] (or None)."""
+
+    def refine_apply(self, state, k: int, tokens: dict, refined: dict) -> dict:
+        """The step's ``tokens`` with the view's ``refined`` tokens written back."""
+
+
+@runtime_checkable
 class HasScheduler(Protocol):
     def scheduler(self, guidance) -> Any:
         """The scheduler this model samples with (diffusion models: DDPM or DDIM over their own

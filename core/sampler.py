@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from core.protocol import ChecksBands, ConditionsLogits, Perturbable, Refinable, VariableDepth
+from core.protocol import ChecksBands, ConditionsLogits, Perturbable, Refinable, RefinesView, VariableDepth
 from core.quantizers import bits_to_index
 from core.targets import Prediction
 
@@ -238,7 +238,10 @@ class Run:
         return self.model.predict(state, self.scheduler.timesteps[k], self.cond)
 
     def repredict(self, state, k: int, tokens: dict, keep: torch.Tensor) -> dict:
-        self.passes.backbone += 1
+        if isinstance(self.model, RefinesView) and self.model.repredict_pass == "head":
+            self.passes.head += 1
+        else:
+            self.passes.backbone += 1
         return self.model.repredict(state, k, self.cond, self.doubled(tokens), self.doubled(keep))
 
     def condition_fn(self, state):
@@ -389,21 +392,26 @@ class Refine(Extension):
     """Within-scale refinement: after a scale's tokens are drawn, its least confident share is
     masked and re-predicted, ``rounds`` times, each a network pass that sees the scale's other
     tokens (MaskGIT, HMAR). The share of round r of R follows ``schedule``: cosine,
-    cos(pi/2 * r / (R + 1)), or linear, 1 - r / (R + 1). Confidence is the log-probability of a
-    position's tokens under the distribution they were drawn from. ``scales`` limits it to some
-    scales (None: all). Rounds draw from generators seeded by (sample seed, scale, round)."""
+    cos(pi/2 * r / (R + 1)), or linear, 1 - r / (R + 1), times ``max_share``. Confidence is the
+    log-probability of a position's tokens under the distribution they were drawn from. ``scales``
+    limits it to some scales (None: all). Rounds draw from generators seeded by (sample seed,
+    scale, round). A model with several token groups per step refines one through its view
+    (``core.protocol.RefinesView``); positions the view fixes are never re-predicted, and the share
+    is of each sample's free positions."""
 
-    def __init__(self, rounds: int, schedule: str = "cosine", scales=None):
+    def __init__(self, rounds: int, schedule: str = "cosine", scales=None, max_share: float = 1.0):
         if rounds < 0:
             raise ValueError(f"refine_rounds must be >= 0, got {rounds}")
         if schedule not in REFINE_SCHEDULES:
             raise ValueError(f"unknown refine schedule '{schedule}'; choose one of {', '.join(REFINE_SCHEDULES)}")
-        self.rounds, self.schedule = int(rounds), schedule
+        if not 0 < max_share <= 1:
+            raise ValueError(f"refine_max_share must be in (0, 1], got {max_share}")
+        self.rounds, self.schedule, self.max_share = int(rounds), schedule, float(max_share)
         self.scales = None if scales is None else [int(s) for s in scales]
 
     def share(self, r: int) -> float:
         x = r / (self.rounds + 1)
-        return math.cos(math.pi / 2 * x) if self.schedule == "cosine" else 1 - x
+        return self.max_share * (math.cos(math.pi / 2 * x) if self.schedule == "cosine" else 1 - x)
 
     def start(self, run):
         run.stats.setdefault("refine_passes", 0)
@@ -424,20 +432,32 @@ class Refine(Extension):
     def on_tokens(self, run, state, k, predictions, tokens):
         if not self.rounds or (self.scales is not None and k not in self.scales):
             return tokens
-        scheduler, name = run.scheduler, _single_token_name(tokens)
-        conf = scheduler.log_prob(predictions[name], tokens[name], k)
-        n = conf.shape[1]
+        view = isinstance(run.model, RefinesView)
+        fixed = None
+        own, preds = tokens, predictions
+        if view:
+            own, preds, fixed = run.model.refine_view(state, k, predictions, tokens)
+        scheduler, name = run.scheduler, _single_token_name(own)
+        current = own[name]
+        conf = scheduler.log_prob(preds[name], current, k)
+        free = torch.ones_like(conf, dtype=torch.bool) if fixed is None else ~fixed.to(conf.device)
+        conf = conf.masked_fill(~free, float("inf"))  # fixed positions rank last
+        n_free = free.sum(1)
         for r in range(1, self.rounds + 1):
-            redo = max(1, round(self.share(r) * n))
-            order = conf.argsort(dim=1, stable=True)[:, :redo]  # the least confident positions
-            masked = torch.zeros_like(conf, dtype=torch.bool).scatter(1, order, True)
-            preds = run.repredict(state, k, tokens, ~masked)
+            redo = torch.minimum((self.share(r) * n_free.double()).round().clamp_min(1).long(), n_free)
+            rank = conf.argsort(dim=1, stable=True).argsort(dim=1)
+            masked = rank < redo[:, None]  # the least confident positions
+            if not bool(masked.any()):
+                break
+            preds = run.repredict(state, k, {name: current}, ~masked)
             new = scheduler.step(preds, k, streams(run.seeds, f"refine/{k}", r))[name]
             where = masked.view(*masked.shape, *[1] * (new.dim() - 2))
-            tokens = {name: torch.where(where, new, tokens[name])}
-            conf = torch.where(masked, scheduler.log_prob(preds[name], tokens[name], k), conf)
+            current = torch.where(where, new, current)
+            conf = torch.where(masked, scheduler.log_prob(preds[name], current, k), conf)
             run.stats["refine_passes"] += 1
-        return tokens
+        if view:
+            return run.model.refine_apply(state, k, tokens, {name: current})
+        return {name: current}
 
 
 def _single_token_name(tokens: dict) -> str:
@@ -460,7 +480,8 @@ def from_config(s, model=None):
         scheduler = TokenScheduler(s.temperature, s.top_k, s.top_p, guidance)
     extensions = []
     if s.get("refine_rounds", 0):
-        extensions.append(Refine(s.refine_rounds, s.get("refine_schedule", "cosine"), s.get("refine_scales")))
+        extensions.append(Refine(s.refine_rounds, s.get("refine_schedule", "cosine"), s.get("refine_scales"),
+                                 s.get("refine_max_share", 1.0)))
     if s.get("max_redraws", 0):
         extensions.append(Redraw(s.max_redraws))
     if s.get("shift_sigma", 0) or s.get("shift_scale") is not None:

@@ -11,7 +11,7 @@ backbone pass leaves for the draws that follow it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -42,18 +42,32 @@ class Level:
     batch: torch.Tensor          # graph of each node [n]
     rounds: dict                 # node tokens (bytes) -> round of every edge
     triangles: tuple | None      # the coarse graph's triangles (see ``triangles``), if the head uses them
+    edge_logits: dict = field(default_factory=dict)  # round -> (edges it drew [m], their logits [m, 16])
+    refine_nodes: torch.Tensor | None = None         # node tokens [n] of the level being refined
 
 
 class GraphScaleModel(nn.Module):
-    """The scale-model protocol of ``core.model`` for graphs (conditioned on the node count)."""
+    """The scale-model protocol of ``core.model`` for graphs (conditioned on the node count).
+
+    Within-scale refinement (``refine``, the core's ``sample.refine_rounds``) re-predicts a level's
+    least confident edge patterns with the edge head, seeing every other pattern of the level
+    (``core.protocol.RefinesView``: the view is the level's edges; no-choice edges stay). Training
+    for it shows a share ``refine_share`` of the levels a random subset of their patterns (the
+    hidden share cos(pi/2 u), u uniform, as MaskGIT) instead of the earlier edge rounds. Node
+    tokens are not refined: the edges drawn for them would no longer fit."""
 
     num_classes = 0
     null_label = 0
+    repredict_pass = "head"  # a refinement round re-runs the edge head, not the backbone
 
     def __init__(self, max_levels: int = 24, two_hop: bool = False, slot_rule: str = "degree",
                  max_fraction: float = 0.5, constraint: str | None = None, edge_rounds: int = 1,
-                 separated: bool = False, edge_order: str = "priority", **refiner_kw):
+                 separated: bool = False, edge_order: str = "priority", refine: bool = False,
+                 refine_share: float = 0.5, **refiner_kw):
         super().__init__()
+        if refine and not 0 < refine_share <= 1:
+            raise ValueError(f"model.refine_share must be in (0, 1] with model.refine=true, got {refine_share}")
+        self.refine_share = float(refine_share) if refine else 0.0
         if constraint not in CONSTRAINTS:
             raise ValueError(f"unknown graph constraint '{constraint}'; choose one of {CONSTRAINTS}")
         if constraint not in (None, "connected") and two_hop:
@@ -78,6 +92,10 @@ class GraphScaleModel(nn.Module):
     @property
     def num_scales(self) -> int:
         return self.max_levels
+
+    @property
+    def refine_trained(self) -> bool:
+        return self.refine_share > 0
 
     # ------------------------------------------------------------------ training
     def _level_batch(self, pyramids, targets):
@@ -129,13 +147,28 @@ class GraphScaleModel(nn.Module):
             last = torch.zeros(levels, dtype=torch.long).scatter_reduce(0, pair_graph, rounds_cpu, "amax")
             upto = torch.as_tensor(np.floor(gen.random(levels) * (last.numpy() + 1)).astype(np.int64))[pair_graph]
             upto = upto.to(dev)
-            drawn = torch.where(rounds < upto, edge_tokens, 0)
+            shown = rounds < upto
+            if self.refine_trained:  # some levels see a random subset instead (refinement)
+                shown = self._refine_shown(shown, gen, levels, pair_graph, node_tokens, pairs)
+            drawn = torch.where(shown, edge_tokens, 0)
             logits = self.refiner.edge_logits(h, pairs, node_tokens, drawn, tri)
-            scored = rounds >= upto
+            scored = ~shown
             edge_ll = -F.cross_entropy(logits[scored], edge_tokens[scored], reduction="none")
         else:
             edge_ll = node_ll[:0]
         return node_ll.mean(), (edge_ll.mean() if len(edge_ll) else node_ll.new_zeros(())), node_logits, node_tokens
+
+    def _refine_shown(self, shown, gen, levels, pair_graph, node_tokens, pairs) -> torch.Tensor:
+        """The edges shown to the head: ``shown`` (earlier rounds), except that a share
+        ``refine_share`` of the levels show a random subset, each edge hidden with probability
+        cos(pi/2 u) (u uniform per level); no-choice edges are shown there, as when sampling."""
+        dev = shown.device
+        masked_level = torch.as_tensor(gen.random(levels) < self.refine_share)
+        hidden_share = torch.as_tensor(np.cos(np.pi / 2 * gen.random(levels)), dtype=torch.float32)
+        hidden = torch.as_tensor(gen.random(len(pairs)), dtype=torch.float32) < hidden_share[pair_graph]
+        fixed = self._single_patterns(node_tokens.cpu(), pairs.cpu()) > 0
+        subset = ~hidden | fixed
+        return torch.where(masked_level[pair_graph].to(dev), subset.to(dev), shown)
 
     def loss(self, batch, generator: torch.Generator | None = None):
         seed = int(torch.randint(2**62, (1,), generator=generator))
@@ -234,7 +267,7 @@ class GraphScaleModel(nn.Module):
         if not name.startswith("edge"):
             return value
         lv = state["level"]
-        h, pairs, pair_graph, tri = lv.h, lv.pairs, lv.pair_graph, lv.triangles
+        h, pairs, tri = lv.h, lv.pairs, lv.triangles
         node_flat = self._node_flat(drawn, state)
         t = int(name[4:])
         # the head runs for the round's edges that have a choice (and the edges they read); a
@@ -244,9 +277,66 @@ class GraphScaleModel(nn.Module):
             return value
         earlier = self._flat_edges(drawn, state, t, node_flat)
         logits = self.refiner.edge_logits(h, pairs, node_flat, earlier, tri, needed=needed)
-        out, _ = to_dense_batch(logits, pair_graph.to(logits.device), batch_size=value.shape[0], fill_value=0.0,
-                                max_num_nodes=value.shape[1])
-        return out.unsqueeze(2)
+        lv.edge_logits[t] = (needed, logits)  # the confidence of refinement
+        return self._dense(logits, state, value.shape[1]).unsqueeze(2)
+
+    def _dense(self, flat, state, width=None, fill=0.0) -> torch.Tensor:
+        """Per-edge rows [m, ...] of the batch as [B, width, ...] (``fill`` where a graph has fewer)."""
+        lv = state["level"]
+        B = len(state["n"])
+        width = width or max([len(e) for e in state["edges"]] + [1])
+        out = torch.full((B, width, *flat.shape[1:]), fill, dtype=flat.dtype, device=flat.device)
+        if len(lv.pairs):
+            out[lv.pair_graph.to(flat.device), lv.pair_local.to(flat.device)] = flat
+        return out
+
+    # ------------------------------------------------------------------ refinement (RefinesView)
+    def refine_view(self, state, k, predictions, tokens):
+        """The level's edge patterns [B, m_max, 1], the logits each was drawn from, and the
+        positions that stay: padding and edges whose ends allow one pattern."""
+        lv = state["level"]
+        node_flat = self._node_flat(tokens, state)
+        lv.refine_nodes = node_flat
+        flat = self._flat_edges(tokens, state, self.edge_rounds, node_flat)
+        choice = self._single_patterns(node_flat, lv.pairs) == 0
+        dev = lv.h.device
+        logits = torch.zeros(len(lv.pairs), 16, device=dev)
+        for needed, lg in lv.edge_logits.values():
+            logits[needed.to(dev)] = lg[needed.to(dev)]
+        free = self._dense(choice, state, fill=False)
+        view = {"edge": self._dense(flat, state).unsqueeze(2)}
+        return view, {"edge": Prediction("index", self._dense(logits, state).unsqueeze(2))}, ~free
+
+    def repredict(self, state, k, cond, tokens, keep):
+        """The edge head once more, seeing the patterns where ``keep`` [B, m_max] and hidden (0)
+        elsewhere: logits of the hidden edges with a choice (one head pass)."""
+        lv = state["level"]
+        node_flat = lv.refine_nodes
+        pairs, graph, local = lv.pairs, lv.pair_graph, lv.pair_local
+        flat = tokens["edge"].squeeze(2).cpu()[graph, local].long()
+        shown = keep.cpu()[graph, local]
+        single = self._single_patterns(node_flat, pairs)
+        drawn = torch.where(shown | (single > 0), flat, 0)
+        needed = ~shown & (single == 0)
+        logits = self.refiner.edge_logits(lv.h, pairs, node_flat, drawn, lv.triangles, needed=needed)
+        return {"edge": Prediction("index", self._dense(logits, state, tokens["edge"].shape[1]).unsqueeze(2))}
+
+    def refine_apply(self, state, k, tokens, refined):
+        """``tokens`` with every edge round's patterns taken from the refined view."""
+        lv = state["level"]
+        graph, local = lv.pair_graph, lv.pair_local
+        flat = refined["edge"].squeeze(2).cpu()[graph, local]
+        rounds = self._level_rounds(lv.refine_nodes, state)
+        out = dict(tokens)
+        for t in range(self.edge_rounds):
+            name = f"edge{t}"
+            now = rounds == t
+            if name in out and bool(now.any()):
+                group = out[name].clone()
+                group[graph[now].to(group.device), local[now].to(group.device)] = \
+                    flat[now].to(group.device, group.dtype).unsqueeze(-1)
+                out[name] = group
+        return out
 
     @staticmethod
     def _local_index(group: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ def c2f_model(cfg, data):
                            max_fraction=d.max_fraction, constraint=constraint,
                            edge_rounds=d.get("edge_rounds", 1), separated=d.get("separated", False),
                            edge_order=d.get("edge_order", "priority"),
+                           refine=bool(cfg.model.refine), refine_share=float(cfg.model.refine_share),
                            **d.model)
 
 
