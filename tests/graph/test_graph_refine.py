@@ -27,15 +27,8 @@ def refinable(seed=0, **kw):
     return GraphScaleModel(**{**opts, **kw}).eval()
 
 
-def test_zero_rounds_is_the_plain_sampler_and_rounds_are_head_passes():
-    model = refinable()
-    cond = torch.tensor([24, 11, 17])
-    seeds = member_seeds(0, cond)
-    plain_stats, zero_stats, stats = {}, {}, {}
-    plain, nfe_plain = generate(model, TokenScheduler(), cond, seeds, [], plain_stats)
-    zero, nfe_zero = generate(model, TokenScheduler(), cond, seeds, [Refine(0)], zero_stats)
-    assert nfe_zero == nfe_plain and all(np.array_equal(a.edges, b.edges) for a, b in zip(plain, zero))
-
+def spy_on_refinement(model) -> list:
+    """(keep, fixed) of every refinement pass: the positions shown, and those the view fixes."""
     seen, fixed_of_level = [], []
     repredict, view = model.repredict, model.refine_view
 
@@ -48,10 +41,23 @@ def test_zero_rounds_is_the_plain_sampler_and_rounds_are_head_passes():
         seen.append((keep.clone(), fixed_of_level[-1]))
         return repredict(state, k, c, tokens, keep)
 
+    model.repredict, model.refine_view = spy, remember
+    return seen
+
+
+def test_zero_rounds_is_the_plain_sampler_and_rounds_are_head_passes():
+    model = refinable()
+    cond = torch.tensor([24, 11, 17])
+    seeds = member_seeds(0, cond)
+    plain_stats, zero_stats, stats = {}, {}, {}
+    plain, nfe_plain = generate(model, TokenScheduler(), cond, seeds, [], plain_stats)
+    zero, nfe_zero = generate(model, TokenScheduler(), cond, seeds, [Refine(0)], zero_stats)
+    assert nfe_zero == nfe_plain and all(np.array_equal(a.edges, b.edges) for a, b in zip(plain, zero))
+
     heads = []
     edge_logits = model.refiner.edge_logits
     model.refiner.edge_logits = lambda *a, **k: heads.append(1) or edge_logits(*a, **k)
-    model.repredict, model.refine_view = spy, remember
+    seen = spy_on_refinement(model)
     refined, nfe = generate(model, TokenScheduler(), cond, seeds, [Refine(2, "linear")], stats)
     model.refiner.edge_logits = edge_logits
     assert stats["nfe_backbone"] == plain_stats["nfe_backbone"]  # refinement re-runs the head only
@@ -67,22 +73,10 @@ def test_zero_rounds_is_the_plain_sampler_and_rounds_are_head_passes():
 def test_refine_max_share_bounds_the_share_re_predicted():
     model = refinable(edge_rounds=1, edge_layers=0, separated=False, edge_order="priority")
     cond = torch.tensor([30])
-    shares, fixed_of_level = [], []
-    repredict, view = model.repredict, model.refine_view
-
-    def remember(state, k, predictions, tokens):
-        out = view(state, k, predictions, tokens)
-        fixed_of_level.append(out[2])
-        return out
-
-    def spy(state, k, c, tokens, keep):
-        free = ~fixed_of_level[-1]
-        shares.append((int((~keep & free).sum()), int(free.sum())))
-        return repredict(state, k, c, tokens, keep)
-
-    model.repredict, model.refine_view = spy, remember
+    seen = spy_on_refinement(model)
     generate(model, TokenScheduler(), cond, member_seeds(0, cond), [Refine(1, "linear", max_share=0.2)])
     # linear, one round: half the free edges, times 0.2 (at least one)
+    shares = [(int((~keep & ~fixed).sum()), int((~fixed).sum())) for keep, fixed in seen]
     assert shares and all(redo == max(1, round(0.1 * free)) for redo, free in shares)
     with pytest.raises(ValueError, match="refine_max_share"):
         Refine(1, max_share=0)
