@@ -8,8 +8,9 @@ The protocol (each point is a mechanism of the core, so every benchmark can use 
 * **Equal training budgets by wall clock.** Every model trains for ``--budget-minutes`` under
   ``train.max_seconds`` (stopped at a step boundary with a checkpoint; a killed run resumes and is
   charged what it already spent). The latent models (refiner, AR) are charged their tokenizer's
-  training time: their own budget is what is left of the same total. Step counts for the learning
-  rate schedule come from timing a few steps; the clock has the last word.
+  training time: their own budget is what is left of the same total. The cosine learning rate
+  decays over the budget's seconds (``train.lr_clock``), so every model anneals fully however
+  fast its steps turn out to be; the step count (twice a probe's estimate) is only a cap.
 * **The same tricks:** EMA of the weights (``--ema``) for every model, classifier-free guidance
   from 10% dropped labels for every model. Whether a model samples with its EMA or its raw
   weights is chosen on validation like any sampler setting (``sample.use_ema``): a constant decay
@@ -174,7 +175,8 @@ class Bench:
         budget = self.args.budget_minutes * 60 - charged
         if budget <= 0:
             raise SystemExit(f"the tokenizer took {charged:.0f} s, more than --budget-minutes")
-        over = self.model_overrides(model, seed, tok_path) + [f"train.max_seconds={budget:.0f}"]
+        over = self.model_overrides(model, seed, tok_path) + [f"train.max_seconds={budget:.0f}",
+                                                             "train.lr_clock=true"]
         folder = self.out / f"{model}_s{seed}" / "train"
         # the pixel DDPM never reads the tokenizer: only the latent models are keyed on it
         config = {"piece": "train", "overrides": self.hashed(over),
@@ -183,12 +185,13 @@ class Bench:
         def make():
             plan = _load(folder / "plan.json")
             if plan is None:
-                # the fastest of a few probe steps: one slowed by another process would plan
-                # too few steps, and the run would stop before its budget (the clock stops it)
+                # the learning rate follows the clock (train.lr_clock), so the step count is only
+                # a cap: twice what the fastest of a few probe steps predicts, so that the clock,
+                # not the cap, ends every run even when the real steps run faster than the probe
                 timings = {}
                 seconds_per_step(compose_config(over), probe_steps=5, timings=timings)
                 sps = min(timings["step_seconds"])
-                plan = {"steps": max(1, int(budget / sps)), "seconds_per_step": sps}
+                plan = {"steps": max(1, int(2 * budget / sps)), "seconds_per_step": sps}
                 write_json_atomic(plan, folder / "plan.json")
             say(f"train {model}, seed {seed}: {budget:.0f} s, planned {plan['steps']} steps")
             m = run(compose_config(over + ["task=train", f"train.steps={plan['steps']}",
@@ -216,6 +219,7 @@ class Bench:
         over = self.model_overrides("refiner", seed, tok) + sample + [
             f"distill.student={kind}", f"distill.calls={calls}", f"distill.pairs={a.distill_pairs}",
             "distill.val_pairs=1000", "train.ema_warmup=true", f"train.max_seconds={budget:.0f}",
+            "train.lr_clock=true",
             # the students of one teacher setting share its pairs (keyed by what made them)
             f"distill.pairs_dir={self.out / f'pairs_s{seed}_{name}'}"]
         folder = self.out / f"{label}_s{seed}" / "train"
@@ -225,7 +229,7 @@ class Bench:
         def make():
             # the student's step costs about its teacher's (the same backbone); the clock decides
             sps = (_load(Path(teacher["piece"]) / "plan.json") or {}).get("seconds_per_step", 1.0)
-            steps = max(1, int(budget / sps))
+            steps = max(1, int(2 * budget / sps))  # a cap: the clock ends the run (lr_clock)
             say(f"distil a {kind} student in {calls} call(s) from refiner {name}, seed {seed}: "
                 f"{a.distill_pairs} pairs, {budget:.0f} s, planned {steps} steps")
             m = run(compose_config(over + ["task=distill", f"distill.teacher={ckpt}", f"train.steps={steps}",
@@ -237,13 +241,14 @@ class Bench:
 
     # --- sample + evaluate
     def score(self, model: str, seed: int, trained: dict, split: str, name: str, sample: list[str],
-              tok: Path | None, weights: str | None = None) -> dict | None:
+              tok: Path | None, weights: str | None = None, samples: int | None = None) -> dict | None:
         """Sample and evaluate one setting; ``weights`` (default: the model's val choice) says
-        whether the EMA or the raw weights of the checkpoint sample."""
+        whether the EMA or the raw weights of the checkpoint sample; ``samples`` (default
+        ``--samples``) is for a row timed on fewer samples (its floor is at its own count)."""
         setting = sample  # without the weights choice: what tuning hands on
         if (weights or self.weights.get(model, "ema")) == "raw":
             name, sample = f"{name}_raw", sample + ["sample.use_ema=false"]
-        n = self.args.samples
+        n = samples or self.args.samples
         folder = self.out / f"{model}_s{seed}" / split / f"{name}_n{n}"
         over = self.model_overrides(model, seed, tok) + sample + [
             f"sample.num_samples={n}", f"domain.eval_split={split}", "sample.flops_samples=4"]
@@ -605,6 +610,8 @@ def main(argv=None):
     ap.add_argument("--headline-nfe", type=int, default=12)
     ap.add_argument("--ddim-steps", type=int, nargs="+", default=[5, 10, 20, 50, 100])
     ap.add_argument("--ancestral-steps", type=int, default=1000, help="steps of the ancestral DDPM row")
+    ap.add_argument("--ancestral-samples", type=int, default=None,
+                    help="samples of the ancestral row (default --samples; fewer: timed, FD noisier)")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--tokenizer-steps", type=int, default=2000)
     ap.add_argument("--students", nargs="*", default=["noise-1", "noise-2", "skip-3"],
@@ -779,11 +786,14 @@ def main(argv=None):
     t = trained.get(("ddpm", first))
     if t and ddpm_weight is not None:
         n = args.ancestral_steps
+        count = args.ancestral_samples or args.samples
         r = attempt(f"ddpm test ddpm-{n}", b.score, "ddpm", first, t, "test", f"ddpm-{n}",
                     ["domain.ddpm.sampler=ddpm", f"domain.ddpm.steps={n}",
-                     f"sample.guidance={ddpm_weight}", "sample.guidance_schedule=constant"], None)
+                     f"sample.guidance={ddpm_weight}", "sample.guidance_schedule=constant"], None,
+                    samples=count)
         if r:
-            r["headline"] = True
+            # on fewer samples it is a timing row: its FD is against a floor at its own count
+            r["headline"] = count == args.samples
         rows.append(r)
         report()
 

@@ -6,7 +6,9 @@ s and resumed from it therefore ends with exactly the parameters of an uninterru
 
 ``max_seconds`` > 0 is a wall-clock training budget: the checkpoint carries the training seconds
 spent so far, so the budget is charged across resumes, and once it is used up the trainer writes a
-checkpoint at that step boundary and stops (the LR schedule still follows the planned ``steps``).
+checkpoint at that step boundary and stops. The LR schedule follows the planned ``steps``, or with
+``lr_clock`` the share of the budget spent: then the cosine ends when the clock stops training,
+whatever a step costs, and ``steps`` is only a cap (runs are then as reproducible as the clock).
 Resuming with a larger budget (or 0, none) continues exactly where it stopped.
 
 Under torchrun every process takes its contiguous share of each global batch and
@@ -62,6 +64,7 @@ class TrainSection:
     resume: bool = False
     extend: bool = False      # resuming with more steps: the first planned steps keep their schedule
     max_seconds: float = 0.0  # wall-clock training budget, summed over resumes; 0 = none
+    lr_clock: bool = False    # with max_seconds: the cosine decays over the budget's seconds, not steps
     precision: str = "fp32"   # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
     compile: bool = False     # run the forward pass through torch.compile
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead | max-autotune
@@ -78,12 +81,17 @@ class TrainConfig(TrainSection):
     desc: str = "train"       # the progress bar's label
 
 
-def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None) -> float:
+def lr_at(step: int, cfg: TrainConfig, schedule_steps: int | None = None,
+          progress: float | None = None) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``schedule_steps`` (default
-    ``cfg.steps``); steps past it (an extended run) stay at ``min_lr_ratio * lr``."""
+    ``cfg.steps``); steps past it (an extended run) stay at ``min_lr_ratio * lr``. ``progress``
+    (the share of a wall-clock budget spent, for ``lr_clock``) replaces the step share."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, (schedule_steps or cfg.steps) - cfg.warmup))
+    if progress is not None:
+        t = min(1.0, max(0.0, progress))
+    else:
+        t = min(1.0, (step - cfg.warmup) / max(1, (schedule_steps or cfg.steps) - cfg.warmup))
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -225,6 +233,9 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
 
     model.train()
     budget = cfg.max_seconds > 0
+    if cfg.lr_clock and not budget:
+        raise InputError("train.lr_clock=true decays the learning rate over a wall-clock budget: "
+                         "set train.max_seconds > 0 as well (or train.lr_clock=false)")
     exhausted = budget and spent >= cfg.max_seconds and start < cfg.steps
     done, seconds, stopped = start, spent, exhausted
     t0, logs, last_loss = clock(), {}, float("nan")
@@ -236,8 +247,12 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         gen = torch.Generator().manual_seed(seed)
         batch = make_batch(distributed.shard(batch_indices(step, num_items, cfg.batch_size, cfg.seed)))
         batch = to_device(batch, device)
+        # lr_clock: the share of the budget spent before this step (the same on every rank)
+        lr = lr_at(step, cfg, schedule, (spent + clock() - t0) / cfg.max_seconds if cfg.lr_clock else None)
+        if cfg.lr_clock and world > 1:
+            lr = distributed.broadcast_object(lr)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg, schedule)
+            group["lr"] = lr
         with autocast(device, cfg.precision):
             loss, logs = net(batch, gen)
         loss = loss.float()
@@ -262,7 +277,7 @@ def train(model: nn.Module, num_items: int, make_batch: Callable, cfg: TrainConf
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             last_loss = distributed.mean_scalar(last_loss)
         if main and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            line = {"step": step, "loss": last_loss, "lr": lr_at(step, cfg, schedule), **logs}
+            line = {"step": step, "loss": last_loss, "lr": lr, **logs}
             if grad_norm is not None:
                 line["grad_norm"] = float(grad_norm)
             _append_jsonl(log_path, line)

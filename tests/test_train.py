@@ -142,6 +142,34 @@ def test_resume_with_spent_time_budget_trains_no_further(tmp_path):
     assert _weights_equal(before["model"], model2.state_dict())
 
 
+def test_lr_clock_decays_over_the_budget_and_resumes_on_the_spent_share(tmp_path):
+    import math
+
+    from core.errors import InputError
+    from core.train import lr_at
+    model, data, tcfg = tiny_digits()
+    batch = lambda idx: (data.x[idx], data.cond[idx])  # noqa: E731
+    tcfg.lr_clock = True
+    with pytest.raises(InputError, match="max_seconds"):
+        train(model, len(data), batch, tcfg, tmp_path / "none", clock=FakeClock())
+    # the fake clock ticks once for the LR and once at the step's end: 2 s a step; the step count
+    # (a cap of 100) would barely move a step-based cosine, the budget of 16 s ends it
+    tcfg.steps, tcfg.max_seconds = 100, 16.0
+    out = train(model, len(data), batch, tcfg, tmp_path / "clock", clock=FakeClock())
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "clock" / "train_log.jsonl").read_text().splitlines()]
+    assert out["train_steps"] == 8 and out["stopped_by_time"] == 1.0
+    assert lrs[2:] == sorted(lrs[2:], reverse=True)  # past the warm-up: decaying
+    # the last step starts at 15 of 16 s: nearly the floor, where a step schedule would sit near the top
+    assert lrs[-1] == pytest.approx(lr_at(7, tcfg, progress=15 / 16))
+    assert lrs[-1] < 0.2 * tcfg.lr < lr_at(7, tcfg)
+    # resumed with a larger budget, the share counts the seconds spent before
+    tcfg.max_seconds, tcfg.resume = 32.0, True
+    more = train(tiny_digits()[0], len(data), batch, tcfg, tmp_path / "clock", clock=FakeClock())
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "clock" / "train_log.jsonl").read_text().splitlines()]
+    assert more["train_steps"] == 16 and len(lrs) == 16
+    assert lrs[8] == pytest.approx(tcfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 17 / 32))))
+
+
 def test_checkpoint_without_train_seconds_counts_as_zero(tmp_path):
     model, data, tcfg = tiny_digits()
     batch = lambda idx: (data.x[idx], data.cond[idx])  # noqa: E731
