@@ -20,8 +20,9 @@ The protocol (each point is a mechanism of the core, so every benchmark can use 
   are chosen on it (``domain.eval_split=val``); test is scored once per frontier point, and the
   headline row is the validation-best refiner setting within ``--headline-nfe`` network calls.
   The DDPM's guidance weight is chosen on validation with DDIM-10 (``--ddpm-weights``, from 0,
-  unguided, up: the width-16 DDPM chose the lowest weight of a grid starting at 0.5) and used at
-  every step count;
+  unguided, up to the refiner's top weight of 4: a width-16 DDPM chose the lowest weight of a grid
+  starting at 0.5, and a DDPM with fewer steps in its 25 minutes the top of a grid ending at 2)
+  and used at every step count;
   the refiner's and the AR's weight and schedule at zero refinement rounds, temperature after.
 * **Same sample counts:** ``--samples`` for every row, validation and test alike; FD, unbiased
   KID, precision/recall and class accuracy from the image domain's ``c2f_evaluate``, with the
@@ -604,7 +605,7 @@ def main(argv=None):
     ap.add_argument("--samples", type=int, default=1000, help="samples per row (val and test)")
     ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0, 3.0, 4.0],
                     help="guidance weights tried on val for the refiner and the AR")
-    ap.add_argument("--ddpm-weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0],
+    ap.add_argument("--ddpm-weights", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0],
                     help="guidance weights tried on val for the DDPM (w = 0: unguided, half the FLOPs)")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.9, 0.8])
     ap.add_argument("--headline-nfe", type=int, default=12)

@@ -62,12 +62,19 @@ def _git(args: list[str], repo: Path) -> str:
                           timeout=10).stdout.strip()
 
 
+# Benchmarks write their results pages here while they run; those files are what a piece
+# produces, not what made it, so they do not make the code dirty.
+RESULTS_DIR = "docs/results"
+
+
 def current_commit(repo=REPO) -> str:
     """``git rev-parse HEAD`` of ``repo`` (default: this project), ``+dirty`` when tracked files
-    have changes, ``unknown`` when git or the repository is unavailable. Never raises."""
+    outside ``docs/results/`` have changes, ``unknown`` when git or the repository is unavailable.
+    Never raises."""
     try:
         commit = _git(["rev-parse", "HEAD"], Path(repo))
-        dirty = _git(["status", "--porcelain", "--untracked-files=no"], Path(repo))
+        dirty = _git(["status", "--porcelain", "--untracked-files=no", "--", ".",
+                      f":(exclude){RESULTS_DIR}"], Path(repo))
     except (OSError, ValueError, subprocess.SubprocessError):
         return "unknown"
     if not commit:

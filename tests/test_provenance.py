@@ -162,3 +162,20 @@ def test_results_twin_holds_the_rows_of_its_page(tmp_path):
     assert out["command"] == "python x.py --a 1"
     assert out["tables"] == [{"section": "Ours", "columns": ["run", "FD"],
                               "rows": [{"run": "a", "FD": "1.5"}, {"run": "b", "FD": "2"}]}]
+
+
+def test_results_pages_do_not_make_the_commit_dirty(tmp_path):
+    # a benchmark rewrites docs/results while it runs: its own pieces must not read "+dirty"
+    import subprocess
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "docs" / "results").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "r.md").write_text("a")
+    (tmp_path / "code.py").write_text("a")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
+    (tmp_path / "docs" / "results" / "r.md").write_text("b")
+    assert not current_commit(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("b")
+    assert current_commit(tmp_path).endswith("+dirty")
