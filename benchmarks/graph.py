@@ -6,9 +6,10 @@
 
 For each set and training seed (``configs/experiment/graph_<set>.yaml``, ``--override`` after it):
 1. train (``task=train``);
-2. choose the sampling temperature on the validation split: 40 samples per candidate scored
-   against the 32 validation graphs (``domain.eval_split=val``); the candidate with the best mean
-   V.U.N. over the training seeds wins (then the lower ratio). Then, at that temperature, the
+2. choose the sampling temperature and the weights (the EMA or the raw ones, ``--weights``) on
+   the validation split: 40 samples per candidate scored against the 32 validation graphs
+   (``domain.eval_split=val``); the candidate with the best mean V.U.N. over the training seeds
+   wins (then the lower ratio). Then, at that temperature, the
    within-scale refinement rounds (``--refine-rounds``, for a model trained with
    ``--override model.refine=true``; ties go to fewer rounds). Test is not read here;
 3. score test once at the chosen setting: 40 samples per sampling seed against the 40 test
@@ -131,9 +132,10 @@ def _mean(runs: list[dict]) -> dict:
     return out
 
 
-def choose(val: dict[float, list[dict]]) -> float:
-    """The temperature with the best mean validation V.U.N. (then the lower mean ratio). Reads
-    only the validation runs it is given."""
+def choose(val: dict) -> tuple:
+    """The candidate (temperature, weights) or number of rounds with the best mean validation
+    V.U.N. (then the lower mean ratio, then the lower temperature and the EMA weights, or fewer
+    rounds). Reads only the validation runs it is given."""
     def key(t):
         runs = val[t]
         vun = np.mean([r["vun"] for r in runs]) if all(r.get("vun") == r.get("vun") for r in runs) else 0.0
@@ -141,30 +143,41 @@ def choose(val: dict[float, list[dict]]) -> float:
     return min(val, key=key)
 
 
-def select_temperature(base: list[str], train_seeds, temperatures, root: Path):
-    """Train each seed, sample each candidate temperature, score against the validation split
-    only, and choose: (chosen temperature, {temperature: validation runs}, {seed: train piece})."""
-    trained, val = {}, {t: [] for t in temperatures}
+def _weights_opts(weights: str) -> tuple[list[str], str]:
+    """(sample overrides, folder suffix) of the weights a model samples with: its EMA (``ema``;
+    the raw ones when it was trained without EMA) or its raw weights (``raw``)."""
+    return (["sample.use_ema=false"], "_raw") if weights == "raw" else ([], "")
+
+
+def select_temperature(base: list[str], train_seeds, temperatures, weights, root: Path):
+    """Train each seed, sample each candidate (temperature, weights), score against the
+    validation split only, and choose: (chosen (temperature, weights), {candidate: validation
+    runs}, {seed: train piece})."""
+    candidates = [(t, w) for t in temperatures for w in weights]
+    trained, val = {}, {c: [] for c in candidates}
     for ts in train_seeds:
         folder = root / f"s{ts}"
         trained[ts] = train_piece(base, ts, folder / "train")
         ckpt = folder / "train" / "checkpoints" / "last.pt"
-        for t in temperatures:
-            val[t].append(sample_piece(base + [f"sample.temperature={t}", "seed=1000", "domain.eval_split=val",
-                                              "domain.published_sbm=false"],
-                                       ckpt, folder / f"val_t{t:g}"))
+        for t, w in candidates:
+            opts, tag = _weights_opts(w)
+            val[t, w].append(sample_piece(base + opts + [f"sample.temperature={t}", "seed=1000",
+                                                         "domain.eval_split=val", "domain.published_sbm=false"],
+                                          ckpt, folder / f"val_t{t:g}{tag}"))
     return choose(val), val, trained
 
 
-def select_rounds(base: list[str], train_seeds, temperature: float, rounds, root: Path, plain: list[dict]):
-    """Refinement rounds at the chosen temperature, on the validation split only (R = 0 is the
-    temperature's own runs, ``plain``): (chosen rounds, {rounds: validation runs})."""
+def select_rounds(base: list[str], train_seeds, temperature: float, weights: str, rounds, root: Path,
+                  plain: list[dict]):
+    """Refinement rounds at the chosen temperature and weights, on the validation split only
+    (R = 0 is that candidate's own runs, ``plain``): (chosen rounds, {rounds: validation runs})."""
     val = {0: plain}
+    opts, tag = _weights_opts(weights)
     for r in [r for r in rounds if r > 0]:
-        val[r] = [sample_piece(base + [f"sample.temperature={temperature}", f"sample.refine_rounds={r}",
-                                       "seed=1000", "domain.eval_split=val", "domain.published_sbm=false"],
+        val[r] = [sample_piece(base + opts + [f"sample.temperature={temperature}", f"sample.refine_rounds={r}",
+                                              "seed=1000", "domain.eval_split=val", "domain.published_sbm=false"],
                                root / f"s{ts}" / "train" / "checkpoints" / "last.pt",
-                               root / f"s{ts}" / f"val_t{temperature:g}_R{r}") for ts in train_seeds]
+                               root / f"s{ts}" / f"val_t{temperature:g}{tag}_R{r}") for ts in train_seeds]
     return choose(val), val
 
 
@@ -186,20 +199,28 @@ def evaluate_set(name: str, args) -> dict:
     base = base_overrides(name, args.data_dir, args.override)
     root = Path(args.out) / name
     train_seeds = train_seeds_for(name, args)
-    chosen, val, trained = select_temperature(base, train_seeds, args.temperature, root)
-    _stamp(f"{name}: temperature {chosen:g} chosen on val")
-    rounds, val_rounds = select_rounds(base, train_seeds, chosen, args.refine_rounds, root, val[chosen])
+    # a model trained without EMA has one set of weights: "raw" would sample the same again
+    has_ema = float(compose_config(base).train.ema) > 0
+    candidate_weights = list(dict.fromkeys(args.weights)) if has_ema else ["ema"]
+    (chosen, weights), val, trained = select_temperature(base, train_seeds, args.temperature,
+                                                         candidate_weights, root)
+    _stamp(f"{name}: temperature {chosen:g} with the {weights} weights chosen on val")
+    rounds, val_rounds = select_rounds(base, train_seeds, chosen, weights, args.refine_rounds, root,
+                                       val[chosen, weights])
     rounds_opts, rounds_tag = _rounds_opts(rounds)
+    weights_opts, weights_tag = _weights_opts(weights)
+    rounds_opts, rounds_tag = weights_opts + rounds_opts, weights_tag + rounds_tag
     if rounds:
         _stamp(f"{name}: {rounds} refinement rounds chosen on val")
-    out = {"set": name, "train_seeds": train_seeds, "chosen_temperature": chosen, "chosen_refine_rounds": rounds,
-           "val": [], "rows": [], "pooled": []}
-    candidates = [(t, 0, val[t]) for t in args.temperature] + [(chosen, r, v) for r, v in val_rounds.items() if r]
-    for t, r, runs in candidates:
+    out = {"set": name, "train_seeds": train_seeds, "chosen_temperature": chosen, "chosen_weights": weights,
+           "chosen_refine_rounds": rounds, "val": [], "rows": [], "pooled": []}
+    candidates = [(t, w, 0, val[t, w]) for t, w in val] + \
+        [(chosen, weights, r, v) for r, v in val_rounds.items() if r]
+    for t, w, r, runs in candidates:
         m = _mean(runs)
-        out["val"].append({"set": name, "temperature": t, "refine_rounds": r,
-                           "chosen": (t, r) == (chosen, rounds), "vun": m.get("vun"), "ratio": m["ratio"],
-                           "valid": m.get("valid"), "nfe": m.get("nfe"), "runs": len(runs)})
+        out["val"].append({"set": name, "temperature": t, "weights": w, "refine_rounds": r,
+                           "chosen": (t, w, r) == (chosen, weights, rounds), "vun": m.get("vun"),
+                           "ratio": m["ratio"], "valid": m.get("valid"), "nfe": m.get("nfe"), "runs": len(runs)})
     for mode, extra in (("plain", []), ("constrained", ["domain.constrain=auto"])):
         runs, per_train, flops_unit = [], [], []
         for ts in train_seeds:
@@ -218,7 +239,8 @@ def evaluate_set(name: str, args) -> dict:
             runs += mine
             per_train.append(_mean(mine))
         row = _mean(runs)
-        row.update(set=name, setting=f"T = {chosen:g}" + (f", R = {rounds}" if rounds else ""),
+        row.update(set=name, setting=f"T = {chosen:g}" + (", raw weights" if weights == "raw" else "")
+                   + (f", R = {rounds}" if rounds else ""), weights=weights,
                    constrained=mode == "constrained",
                    runs=len(runs), train_seeds=list(train_seeds), sampling_seeds=list(args.seeds),
                    vun_range=[min(r["vun"] for r in runs), max(r["vun"] for r in runs)],
@@ -270,8 +292,8 @@ def write_page(results: list[dict], args, path: Path) -> None:
              "Squared MMD with the Gaussian total-variation kernel; ratio = mean over degree, "
              "clustering, orbit, spectral and wavelet of MMD(test, generated) / MMD(test, train), as "
              "published (ratio4: the four without wavelet; statistics whose train-vs-test MMD is 0, "
-             "clustering on trees, are left out). The temperature was chosen on the validation split "
-             "(below); test was scored once at it.", "",
+             "clustering on trees, are left out). The temperature and the weights (EMA or raw) were "
+             "chosen on the validation split (below); test was scored once at them.", "",
              "NFE: backbone passes per graph (one per level), and in brackets every network pass "
              "(the edge head once per edge round with an edge to choose, and per redraw). "
              "Backbone-equivalent calls: FLOPs "
@@ -300,13 +322,13 @@ def write_page(results: list[dict], args, path: Path) -> None:
                 f"{r['runs']} |")
     lines += ["", "## Settings chosen on the validation split", "",
               "40 samples per candidate and training seed against the 32 validation graphs "
-              "(`domain.eval_split=val`); means over the training seeds. The temperature first (no "
-              "refinement), then the refinement rounds at it.", "",
-              "| set | temperature | refinement rounds | NFE (all) | V.U.N. % | valid % | ratio | chosen |",
-              "|---|---|---|---|---|---|---|---|"]
+              "(`domain.eval_split=val`); means over the training seeds. The temperature and the "
+              "weights (EMA or raw) first, without refinement; then the refinement rounds at them.", "",
+              "| set | temperature | weights | refinement rounds | NFE (all) | V.U.N. % | valid % | ratio | chosen |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         for v in res["val"]:
-            lines.append(f"| {v['set']} | {v['temperature']:g} | {v.get('refine_rounds', 0)} | "
+            lines.append(f"| {v['set']} | {v['temperature']:g} | {v.get('weights', 'ema')} | {v.get('refine_rounds', 0)} | "
                          f"{_f(v.get('nfe'), 3)} | {_pct(v['vun'])} | {_pct(v['valid'])} | "
                          f"{_f(v['ratio'], 3)} | {'yes' if v['chosen'] else ''} |")
     if any(res["pooled"] for res in results):
@@ -342,6 +364,9 @@ def main(argv=None):
                     help="training seeds of one set, e.g. sbm=0 or planar=0,1,2 (else --train-seeds)")
     ap.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.85, 0.7],
                     help="candidates, chosen on the validation split")
+    ap.add_argument("--weights", nargs="+", default=["ema", "raw"], choices=["ema", "raw"],
+                    help="weights to sample with, chosen on the validation split with the temperature "
+                         "(ema: the EMA of the weights, train.ema in the experiment configs)")
     ap.add_argument("--refine-rounds", type=int, nargs="+", default=[0],
                     help="within-scale refinement rounds tried on val at the chosen temperature "
                          "(> 0 needs --override model.refine=true)")

@@ -39,7 +39,10 @@ class ScaleModelProtocol(Protocol):
         both halves member i's noise)."""
 
     def predict(self, state, k: int, cond: torch.Tensor) -> dict:
-        """One network pass: ``{name: core.targets.Prediction}`` for every token of step k."""
+        """One network pass: ``{name: core.targets.Prediction}`` for every token of step k. A
+        model whose samples differ in size pads a group to its batch's widest sample and gives
+        the real sizes in ``Prediction.lengths``: only real positions then draw from a sample's
+        stream, and a sample does not depend on the batch it is drawn in."""
 
     def add_band(self, state, tokens: dict, k: int) -> Any:
         """Compose the drawn tokens of step k into the state."""

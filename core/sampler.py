@@ -66,8 +66,16 @@ def streams(seeds: list[int], purpose: str | None = None, index: int = 0) -> lis
     return [torch.Generator().manual_seed(member_seed(s, purpose, index)) for s in seeds]
 
 
-def _uniforms(generators: list[torch.Generator], shape) -> torch.Tensor:
-    return torch.stack([torch.rand(shape, generator=g) for g in generators])
+def _uniforms(generators: list[torch.Generator], shape, lengths=None) -> torch.Tensor:
+    """[B, *shape] uniforms, one row per sample's generator. With ``lengths`` (per sample, its real
+    positions along the first dimension) a row draws only its own positions and the padding is 0,
+    so what a sample draws next does not depend on how wide its batch is."""
+    if lengths is None:
+        return torch.stack([torch.rand(shape, generator=g) for g in generators])
+    out = torch.zeros(len(generators), *shape)
+    for i, (g, n) in enumerate(zip(generators, lengths.tolist())):
+        out[i, :n] = torch.rand((min(int(n), shape[0]), *shape[1:]), generator=g)
+    return out
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -156,7 +164,7 @@ class TokenScheduler:
             value = self.guided_value(pred, k)
             if condition_fn is not None:
                 value = condition_fn(name, value, tokens)
-            tokens[name] = self.draw(Prediction(pred.kind, value), generators)
+            tokens[name] = self.draw(Prediction(pred.kind, value, lengths=pred.lengths), generators)
         return tokens
 
     def _logits(self, value: torch.Tensor) -> torch.Tensor:
@@ -168,7 +176,8 @@ class TokenScheduler:
         if pred.kind == "continuous" or self.temperature == 0:
             return self.invert(pred, None)
         shape = value.shape[1:] if pred.kind == "bits" else value.shape[1:-1]
-        return self.invert(pred, _uniforms(generators, shape).to(value.device))
+        lengths = None if pred.lengths is None else pred.lengths[: len(generators)]  # the cond half
+        return self.invert(pred, _uniforms(generators, shape, lengths).to(value.device))
 
     def invert(self, pred: Prediction, u: torch.Tensor | None) -> torch.Tensor:
         """The tokens at uniforms ``u`` (one per token; per bit for ``bits``): the inverse CDF of

@@ -27,6 +27,9 @@ class Prediction:
     kind: str            # "index" | "bits" | "continuous" | "epsilon" (diffusion)
     value: torch.Tensor  # logits [B, n, G, V] | bit logits [B, n, G, nbits] | values [B, n, C]
     sample: torch.Tensor | None = None  # diffusion: the noisy sample x_t the noise was predicted for
+    # per sample, how many leading positions (dim 1) are real, the rest padding (None: all). Only
+    # real positions draw uniforms, so a sample's draws do not depend on its batch's padded width.
+    lengths: torch.Tensor | None = None
 
 
 class IndexHead(nn.Module):

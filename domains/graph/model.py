@@ -215,11 +215,19 @@ class GraphScaleModel(nn.Module):
         pair_local = self._local_index(pair_graph) if len(pairs) else pair_graph  # row of each edge
         state["level"] = Level(h, pairs, pair_graph, pair_local, batch, {}, tri)
         edges_max = max([len(e) for e in state["edges"]] + [1])
+        # each graph draws uniforms for its own nodes and edges only, never for its batch's padding
+        # (core.targets.Prediction.lengths): a sample does not depend on the batch it is drawn in
+        nodes, edge_counts = torch.as_tensor(state["n"]), self._edge_counts(state)
         # edge logits need the drawn node tokens (and earlier rounds): filled in by condition_logits
-        out = {"node": Prediction("index", node_dense.unsqueeze(2))}
+        out = {"node": Prediction("index", node_dense.unsqueeze(2), lengths=nodes)}
         for t in range(self.edge_rounds):
-            out[f"edge{t}"] = Prediction("index", node_dense.new_zeros(B, edges_max, 1, 16))
+            out[f"edge{t}"] = Prediction("index", node_dense.new_zeros(B, edges_max, 1, 16), lengths=edge_counts)
         return out
+
+    @staticmethod
+    def _edge_counts(state) -> torch.Tensor:
+        """Coarse edges per graph of the batch: the real rows of its edge token groups."""
+        return torch.as_tensor([len(e) for e in state["edges"]], dtype=torch.long)
 
     def _node_flat(self, drawn, state) -> torch.Tensor:
         """The drawn node tokens [n] of the batch, separated as the level will be composed."""
@@ -305,7 +313,8 @@ class GraphScaleModel(nn.Module):
             logits[needed.to(dev)] = lg[needed.to(dev)]
         free = self._dense(choice, state, fill=False)
         view = {"edge": self._dense(flat, state).unsqueeze(2)}
-        return view, {"edge": Prediction("index", self._dense(logits, state).unsqueeze(2))}, ~free
+        pred = Prediction("index", self._dense(logits, state).unsqueeze(2), lengths=self._edge_counts(state))
+        return view, {"edge": pred}, ~free
 
     def repredict(self, state, k, cond, tokens, keep):
         """The edge head once more, seeing the patterns where ``keep`` [B, m_max] and hidden (0)
@@ -319,7 +328,8 @@ class GraphScaleModel(nn.Module):
         drawn = torch.where(shown | (single > 0), flat, 0)
         needed = ~shown & (single == 0)
         logits = self.refiner.edge_logits(lv.h, pairs, node_flat, drawn, lv.triangles, needed=needed)
-        return {"edge": Prediction("index", self._dense(logits, state, tokens["edge"].shape[1]).unsqueeze(2))}
+        return {"edge": Prediction("index", self._dense(logits, state, tokens["edge"].shape[1]).unsqueeze(2),
+                                   lengths=self._edge_counts(state))}
 
     def refine_apply(self, state, k, tokens, refined):
         """``tokens`` with every edge round's patterns taken from the refined view."""

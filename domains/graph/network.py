@@ -273,20 +273,21 @@ class GraphRefiner(nn.Module):
         if len(self.edge_layers):
             # directed edges: row r is P -> Q, row m + r is Q -> P (patterns read from its tail)
             state = state + self.pattern_emb(torch.cat([drawn_rows, transpose[drawn_rows]]))
-            if len(tri[0]):
-                edge, p_edge, p_first, q_edge, q_first, _ = tri
-                if local is not None:  # messages between kept edges only (exact where needed)
-                    p_edge, q_edge = local[p_edge], local[q_edge]
-                    inside = (p_edge >= 0) & (q_edge >= 0)
-                    edge, p_edge, p_first, q_edge, q_first = (
-                        edge[inside], p_edge[inside], p_first[inside], q_edge[inside], q_first[inside])
-                p_dir = torch.where(p_first, p_edge, p_edge + m)  # P -> W
-                q_dir = torch.where(q_first, q_edge, q_edge + m)  # Q -> W
-                target = torch.cat([edge, edge + m])
-                tail_side = torch.cat([p_dir, q_dir])
-                head_side = torch.cat([q_dir, p_dir])
-                for layer in self.edge_layers:
-                    state = layer(state, tail_side, head_side, target)
+            # the layers run even where the batch has no triangle (an edge without one still gets
+            # its update): an edge's logits must not depend on the other graphs of its batch
+            edge, p_edge, p_first, q_edge, q_first, _ = tri
+            if local is not None:  # messages between kept edges only (exact where needed)
+                p_edge, q_edge = local[p_edge], local[q_edge]
+                inside = (p_edge >= 0) & (q_edge >= 0)
+                edge, p_edge, p_first, q_edge, q_first = (
+                    edge[inside], p_edge[inside], p_first[inside], q_edge[inside], q_first[inside])
+            p_dir = torch.where(p_first, p_edge, p_edge + m)  # P -> W
+            q_dir = torch.where(q_first, q_edge, q_edge + m)  # Q -> W
+            target = torch.cat([edge, edge + m])
+            tail_side = torch.cat([p_dir, q_dir])
+            head_side = torch.cat([q_dir, p_dir])
+            for layer in self.edge_layers:
+                state = layer(state, tail_side, head_side, target)
         out = last_layer(act(state))
         forward_, backward = out[:m], out[m:][:, transpose]
         logits = 0.5 * (forward_ + backward)

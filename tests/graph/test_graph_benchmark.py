@@ -29,18 +29,24 @@ def test_validation_choice_ignores_the_test_split(shared_data, tmp_path):
     for garbage in (False, True):
         data_dir = _subset(shared_data, tmp_path, garbage)
         base = base_overrides("planar", str(data_dir), TINY)
-        t, val, _ = select_temperature(base, [0], [1.0, 0.5], tmp_path / f"runs_{garbage}")
+        t, val, _ = select_temperature(base, [0], [1.0, 0.5], ["ema", "raw"], tmp_path / f"runs_{garbage}")
         chosen.append(t)
-        vals.append({temp: [(r["vun"], r["ratio"], r["mmd_degree"]) for r in runs] for temp, runs in val.items()})
+        vals.append({c: [(r["vun"], r["ratio"], r["mmd_degree"]) for r in runs] for c, runs in val.items()})
         assert all(r["eval_split"] == "val" and r["reference_graphs"] == 6 for runs in val.values() for r in runs)
     assert chosen[0] == chosen[1]
     assert vals[0] == vals[1]
+    # the EMA and the raw weights are different candidates (the experiment configs train an EMA)
+    assert set(vals[0]) == {(1.0, "ema"), (1.0, "raw"), (0.5, "ema"), (0.5, "raw")}
+    record = json.loads((tmp_path / "runs_False" / "s0" / "val_t1_raw" / "provenance.json").read_text())
+    assert record["config"]["sample"]["use_ema"] is False and record["config"]["train"]["ema"] > 0
 
 
 def test_choose_prefers_vun_then_ratio():
     val = {1.0: [{"vun": 0.3, "ratio": 5.0}], 0.7: [{"vun": 0.6, "ratio": 9.0}], 0.5: [{"vun": 0.6, "ratio": 4.0}]}
     assert choose(val) == 0.5
     assert choose({1.0: [{"vun": float("nan"), "ratio": 3.0}], 0.7: [{"vun": float("nan"), "ratio": 2.0}]}) == 0.7
+    tie = {(0.7, "raw"): [{"vun": 0.6, "ratio": 4.0}], (0.7, "ema"): [{"vun": 0.6, "ratio": 4.0}]}
+    assert choose(tie) == (0.7, "ema")  # a tie goes to the EMA weights
 
 
 def test_nfe_counts_every_head_pass_at_benchmark_settings(shared_data, tmp_path):
@@ -50,7 +56,7 @@ def test_nfe_counts_every_head_pass_at_benchmark_settings(shared_data, tmp_path)
     are counted too."""
     data_dir = _subset(shared_data, tmp_path, False)
     base = base_overrides("planar", str(data_dir), TINY)
-    select_temperature(base, [0], [1.0], tmp_path / "runs")  # trains the tiny model
+    select_temperature(base, [0], [1.0], ["ema"], tmp_path / "runs")  # trains the tiny model
     ckpt = tmp_path / "runs" / "s0" / "train" / "checkpoints" / "last.pt"
     m = sample_piece(base + ["seed=0"], ckpt, tmp_path / "plain")
     rounds = 16  # configs/experiment/graph_planar.yaml (max_levels is cut to 4 here, for time)

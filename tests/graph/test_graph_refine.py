@@ -58,9 +58,14 @@ def test_zero_rounds_is_the_plain_sampler_and_rounds_are_head_passes():
     edge_logits = model.refiner.edge_logits
     model.refiner.edge_logits = lambda *a, **k: heads.append(1) or edge_logits(*a, **k)
     seen = spy_on_refinement(model)
+    backbone, levels = [], []
+    forward, add_band = model.refiner.forward, model.add_band
+    model.refiner.forward = lambda *a: backbone.append(1) or forward(*a)
+    model.add_band = lambda *a: levels.append(1) or add_band(*a)
     refined, nfe = generate(model, TokenScheduler(), cond, seeds, [Refine(2, "linear")], stats)
-    model.refiner.edge_logits = edge_logits
-    assert stats["nfe_backbone"] == plain_stats["nfe_backbone"]  # refinement re-runs the head only
+    model.refiner.edge_logits, model.refiner.forward, model.add_band = edge_logits, forward, add_band
+    # refinement re-runs the head only: one backbone pass per level, as without it
+    assert stats["nfe_backbone"] == len(backbone) == len(levels)
     assert stats["refine_passes"] == len(seen) > 0
     assert nfe == stats["nfe_backbone"] + stats["nfe_head"]
     assert stats["nfe_head"] == len(heads)  # every head pass counted, the rounds' and refinement's
@@ -124,3 +129,16 @@ def test_main_job_trains_and_samples_with_refinement(tmp_path, shared_data):
     run(compose_config(over), tmp_path)
     m = run(compose_config(over[:-1] + ["task=sample", "sample.refine_rounds=1"]), tmp_path)
     assert m["refine_passes_per_sample"] > 0 and m["nfe"] == m["nfe_backbone"] + m["nfe_head"]
+
+
+@pytest.mark.parametrize("extensions", [[], [Refine(2, max_share=0.5)]], ids=["plain", "refine"])
+def test_a_sample_does_not_depend_on_its_batch(extensions):
+    # graphs of different sizes pad each other's token groups, and some levels of a batch have
+    # triangles where a graph alone has none: neither may change what a graph draws
+    model = refinable()
+    cond = torch.tensor([30, 12, 25, 7, 18])
+    seeds = member_seeds(0, cond)
+    together, _ = generate(model, TokenScheduler(), cond, seeds, extensions)
+    for i in range(len(cond)):
+        alone, _ = generate(model, TokenScheduler(), cond[i:i + 1], seeds[i:i + 1], extensions)
+        assert np.array_equal(alone[0].edges, together[i].edges), f"graph {i} changed with its batch"
