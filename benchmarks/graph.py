@@ -207,9 +207,9 @@ def evaluate_set(name: str, args) -> dict:
     _stamp(f"{name}: temperature {chosen:g} with the {weights} weights chosen on val")
     rounds, val_rounds = select_rounds(base, train_seeds, chosen, weights, args.refine_rounds, root,
                                        val[chosen, weights])
-    rounds_opts, rounds_tag = _rounds_opts(rounds)
-    weights_opts, weights_tag = _weights_opts(weights)
-    rounds_opts, rounds_tag = weights_opts + rounds_opts, weights_tag + rounds_tag
+    # the chosen setting's sample overrides and folder suffix: its weights, then its rounds
+    (weights_opts, weights_tag), (rounds_opts, rounds_tag) = _weights_opts(weights), _rounds_opts(rounds)
+    setting_opts, setting_tag = weights_opts + rounds_opts, weights_tag + rounds_tag
     if rounds:
         _stamp(f"{name}: {rounds} refinement rounds chosen on val")
     out = {"set": name, "train_seeds": train_seeds, "chosen_temperature": chosen, "chosen_weights": weights,
@@ -229,8 +229,8 @@ def evaluate_set(name: str, args) -> dict:
             flops_unit.append(backbone_flops(base, ckpt, folder / "backbone_flops"))
             mine = []
             for ss in args.seeds:
-                sub = folder / f"test_t{chosen:g}{rounds_tag}_{mode}_r{ss}"
-                m = sample_piece(base + extra + rounds_opts + [f"sample.temperature={chosen}", f"seed={ss}"],
+                sub = folder / f"test_t{chosen:g}{setting_tag}_{mode}_r{ss}"
+                m = sample_piece(base + extra + setting_opts + [f"sample.temperature={chosen}", f"seed={ss}"],
                                  ckpt, sub)
                 m["train_seconds"] = trained[ts][0]["train_seconds"]
                 m["parameters"] = trained[ts][0]["parameters"]
@@ -254,11 +254,11 @@ def evaluate_set(name: str, args) -> dict:
     if args.pooled:
         for ts in train_seeds:
             folder = root / f"s{ts}"
-            m = sample_piece(base + rounds_opts + [f"sample.temperature={chosen}", "seed=0",
+            m = sample_piece(base + setting_opts + [f"sample.temperature={chosen}", "seed=0",
                                                    "domain.eval_split=pooled", "domain.published_sbm=false",
                                                    f"sample.num_samples={args.pooled}", "sample.batch_size=64"],
                              folder / "train" / "checkpoints" / "last.pt",
-                             folder / f"pooled_t{chosen:g}{rounds_tag}")
+                             folder / f"pooled_t{chosen:g}{setting_tag}")
             out["pooled"].append({"set": name, "train_seed": ts, **{k: m.get(k) for k in (
                 "vun", "vun_published", "valid", "unique", "novel", *[f"mmd_{s}" for s in STATS],
                 "reference_graphs", "provenance")}, "samples": args.pooled})

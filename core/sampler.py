@@ -74,7 +74,7 @@ def _uniforms(generators: list[torch.Generator], shape, lengths=None) -> torch.T
         return torch.stack([torch.rand(shape, generator=g) for g in generators])
     out = torch.zeros(len(generators), *shape)
     for i, (g, n) in enumerate(zip(generators, lengths.tolist())):
-        out[i, :n] = torch.rand((min(int(n), shape[0]), *shape[1:]), generator=g)
+        out[i, :n] = torch.rand((int(n), *shape[1:]), generator=g)
     return out
 
 
